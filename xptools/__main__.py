@@ -1,0 +1,3 @@
+from xptools.cli import main
+
+main()

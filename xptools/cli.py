@@ -1,0 +1,210 @@
+"""The ``xptools`` command: one thin function per subcommand.
+
+Heavy modules (numpy, astropy, torch, gaiaxpy) are imported inside the commands, so that
+``xptools --help`` answers at once. Every command reports a user error as one line on stderr
+and exits 1 (``--verbose`` adds the traceback); a subcommand that is not built yet exits 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+from typing import Optional
+
+import typer
+
+from xptools import __version__
+from xptools.errors import NotImplementedYet, UserError
+
+app = typer.Typer(
+    name="xptools",
+    help="Gaia DR3 BP/RP (XP) spectra from the command line. Each command reads a table "
+         "(FITS, HDF5, CSV, ECSV, VOTable; '-' for stdin), adds columns, and writes a table "
+         "(-o FILE, or stdout), so commands chain with pipes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Options shared by the table-in, table-out commands.
+OUTPUT = typer.Option("-", "-o", "--output", help="Output file; '-' (default) is stdout.")
+FORMAT = typer.Option(None, "--format", help="Output format: fits, hdf5, csv, ecsv, votable "
+                      "(default: from the extension; FITS on stdout).")
+INPUT_FORMAT = typer.Option(None, "--input-format",
+                            help="Input format, when the extension or content does not tell.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output file.")
+QUIET = typer.Option(False, "-q", "--quiet", help="No progress bar or warnings.")
+VERBOSE = typer.Option(False, "-v", "--verbose", help="Show the traceback of an error.")
+
+
+def _report(command: str, message: str) -> None:
+    print(f"xptools {command}: error: {message}", file=sys.stderr)
+
+
+def handles_errors(command: str):
+    """Turn exceptions into one-line messages and exit codes (1 error, 2 not implemented)."""
+
+    def wrap(func):
+        @functools.wraps(func)
+        def run(*args, **kwargs):
+            verbose = kwargs.get("verbose", False)
+            try:
+                return func(*args, **kwargs)
+            except (typer.Exit, BrokenPipeError):
+                raise
+            except UserError as e:
+                if verbose:
+                    import traceback
+                    traceback.print_exc()
+                _report(command, str(e))
+                raise typer.Exit(1)
+            except NotImplementedYet as e:
+                _report(command, str(e))
+                raise typer.Exit(2)
+            except KeyboardInterrupt:
+                _report(command, "interrupted; no output written")
+                raise typer.Exit(130)
+            except MemoryError:
+                _report(command, "out of memory (try a smaller --chunk-rows)")
+                raise typer.Exit(1)
+            except Exception as e:  # a bug: still one line unless --verbose
+                if verbose:
+                    import traceback
+                    traceback.print_exc()
+                _report(command, f"internal error: {type(e).__name__}: {e} "
+                                 f"(rerun with --verbose for the traceback)")
+                raise typer.Exit(1)
+        return run
+
+    return wrap
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"xptools {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Gaia DR3 BP/RP (XP) spectra from the command line."""
+
+
+@app.command()
+@handles_errors("sample")
+def sample(
+    input: str = typer.Argument(..., help="Table of XP continuous spectra ('-' for stdin)."),
+    output: str = OUTPUT,
+    grid: Optional[str] = typer.Option(
+        None, "--grid", help="Sampling grid START:STOP:STEP, STOP included (nm; with "
+        "--internal pseudo-wavelength). Default: GaiaXPy's, 336:1020:2 nm or 600 samples "
+        "over 0..60 pseudo-wavelength."),
+    grid_file: Optional[str] = typer.Option(None, "--grid-file",
+                                            help="Sampling grid from a text file of numbers."),
+    internal: bool = typer.Option(False, "--internal", help="Internally calibrated BP and RP "
+                                  "spectra on pseudo-wavelengths (GaiaXPy convert)."),
+    truncate: bool = typer.Option(False, "--truncate", help="Use only the first "
+                                  "bp/rp_n_relevant_bases coefficients (GaiaXPy truncation)."),
+    covariance: bool = typer.Option(
+        False, "--covariance", help="Add the full flux covariance per source (N x N per row: "
+        "about 0.9 MB per source on the default grid, slow; FITS or HDF5 output only)."),
+    band: str = typer.Option("both", "--band", help="bp, rp or both."),
+    dtype: str = typer.Option("float64", "--dtype", help="Output float type: float64 (exact, "
+                              "default) or float32 (half the size)."),
+    keep_coefficients: bool = typer.Option(False, "--keep-coefficients",
+                                           help="Keep the input coefficient columns."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on NaN or infinite coefficients "
+                                "instead of flagging the row."),
+    chunk_rows: Optional[int] = typer.Option(None, "--chunk-rows", min=1,
+                                             help="Rows per chunk (memory vs speed)."),
+    format: Optional[str] = FORMAT,
+    input_format: Optional[str] = INPUT_FORMAT,
+    overwrite: bool = OVERWRITE,
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
+) -> None:
+    """XP coefficients -> sampled spectra with errors (GaiaXPy calibrate/convert, exact).
+
+    Adds flux, flux_error (W m-2 nm-1) and sample_flag; with --internal bp_flux, bp_flux_error,
+    rp_flux, rp_flux_error (e-/s). Other input columns pass through.
+    """
+    import numpy as np
+
+    from xptools.io import TableWriter, open_table
+    from xptools.progress import print_warning
+    from xptools.sampling import parse_grid, read_grid_file, run_sample
+
+    bands = {"both": ("bp", "rp"), "bp": ("bp",), "rp": ("rp",)}.get(band.lower())
+    if bands is None:
+        raise UserError(f"--band {band!r}: choose bp, rp or both")
+    if dtype not in ("float64", "float32"):
+        raise UserError(f"--dtype {dtype!r}: choose float64 or float32")
+    if grid and grid_file:
+        raise UserError("give --grid or --grid-file, not both")
+    values = parse_grid(grid) if grid else read_grid_file(grid_file) if grid_file else None
+    with TableWriter(output, format, overwrite) as out, open_table(input, input_format) as src:
+        if covariance and out.format not in ("fits", "hdf5"):
+            raise UserError(f"--covariance needs FITS or HDF5 output, not {out.format}")
+        run_sample(src, out, grid=values, internal=internal, truncate=truncate,
+                   covariance=covariance, bands=bands, dtype=np.dtype(dtype),
+                   keep_coefficients=keep_coefficients, strict=strict, chunk_rows=chunk_rows,
+                   quiet=quiet, warn=(lambda m: None) if quiet else print_warning)
+
+
+@app.command()
+@handles_errors("info")
+def info(
+    input: str = typer.Argument(..., help="A table ('-' for stdin)."),
+    input_format: Optional[str] = INPUT_FORMAT,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    verbose: bool = VERBOSE,
+) -> None:
+    """Rows, columns (shape, type, unit), XP layout and provenance of a table."""
+    from xptools.info import describe
+
+    describe(input, input_format, as_json)
+
+
+def _not_yet(name: str, summary: str, issue: str):
+    @handles_errors(name)
+    def command(ctx: typer.Context) -> None:
+        raise NotImplementedYet(f"not implemented yet ({issue})")
+
+    command.__doc__ = f"{summary} [not implemented yet]"
+    app.command(name, context_settings={"allow_extra_args": True,
+                                        "ignore_unknown_options": True})(command)
+
+
+_not_yet("fetch", "XP spectra and Gaia columns from the Gaia archive or its bulk files.",
+         "issue 3")
+_not_yet("crossmatch", "Attach other catalogues by id or sky position.", "issue 4")
+_not_yet("train", "Train a model from a table with labels.", "issue 5")
+_not_yet("infer", "Stellar labels with uncertainties from XP spectra.", "issue 5")
+_not_yet("generate", "Spectra from labels or latents.", "issue 6")
+_not_yet("embed", "Latent embeddings of spectra.", "issue 6")
+_not_yet("calibrate", "Calibrate model uncertainties and offsets against reference labels.",
+         "a later issue")
+_not_yet("flag", "Quality and out-of-distribution flags.", "a later issue")
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # unwinds through the writers, which remove their temporary files
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        app()
+    except BrokenPipeError:  # the reader went away, e.g. 'xptools info big.fits | head'
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

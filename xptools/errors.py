@@ -1,0 +1,14 @@
+"""The errors a user can act on.
+
+A `UserError` is printed as one line on stderr (``xptools CMD: error: ...``) and exits 1; its
+message names the file, row or column and what is wrong. Anything else is a bug and is reported
+the same way, with the traceback under ``--verbose``.
+"""
+
+
+class UserError(Exception):
+    """Bad input, bad options or an environment problem the user can fix."""
+
+
+class NotImplementedYet(Exception):
+    """A registered subcommand or option that does not exist yet (exit code 2)."""

@@ -1,0 +1,78 @@
+"""``xptools info``: what is in a table, without reading more of it than needed."""
+
+from __future__ import annotations
+
+import json
+
+from xptools.errors import UserError
+from xptools.io import open_table
+from xptools.xp import ContinuousLayout, detect_layout, sampled_grid
+
+PROVENANCE = ("XPTVERS", "XPTCMD", "XPTDATE")
+
+
+def _layout(first, name: str) -> str:
+    """A one-line description of the XP content, from a table's first rows."""
+    kind = detect_layout(first)
+    if kind in ("arrays", "columns"):
+        try:
+            layout = ContinuousLayout(first, name)
+        except UserError as e:
+            return f"XP continuous, incomplete: {e}"
+        form = "array columns" if kind == "arrays" else "one column per coefficient"
+        corr = "with" if layout.has_correlations else "without"
+        return f"XP continuous ({form}, bands {'+'.join(layout.bands)}, {corr} correlations)"
+    if kind == "sampled":
+        try:
+            grid = sampled_grid(first, name)
+            return f"XP sampled ({len(grid)} samples, {grid[0]:g}..{grid[-1]:g} nm)"
+        except UserError as e:
+            return f"XP sampled, grid unknown: {e}"
+    internal = [b for b in ("bp", "rp") if f"{b}_flux" in first]
+    if internal:
+        return f"XP sampled internal ({'+'.join(internal)}, pseudo-wavelength)"
+    return "no XP spectra"
+
+
+def describe(path: str, input_format: str | None, as_json: bool) -> None:
+    with open_table(path, input_format) as src:
+        schema = src.schema
+        if src.nrows is not None:
+            nrows, first = src.nrows, next(src.chunks(1))
+        else:  # text formats: count the rows by reading them
+            pieces = src.chunks(100_000)
+            first = next(pieces)
+            nrows = len(first) + sum(len(c) for c in pieces)
+        layout = _layout(first, src.name)
+        columns = [{"name": n, "dtype": str(schema[n].dtype),
+                    "shape": list(schema[n].shape[1:]), "unit": schema.info[n].unit,
+                    "description": schema.info[n].description} for n in schema.colnames]
+        report = {"file": src.name, "format": src.format, "rows": nrows, "layout": layout,
+                  "columns": columns,
+                  "provenance": {k: schema.meta[k] for k in PROVENANCE if k in schema.meta},
+                  "keywords": {k: v for k, v in schema.meta.items() if k not in PROVENANCE},
+                  "history": schema.history}
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    print(f"file:     {report['file']} ({report['format'].upper()})")
+    print(f"rows:     {nrows}")
+    print(f"layout:   {layout}")
+    print(f"columns:  {len(columns)}")
+    width = max((len(c["name"]) for c in columns), default=4)
+    for c in columns:
+        cell = f"[{'x'.join(map(str, c['shape']))}]" if c["shape"] else ""
+        unit = f"  {c['unit']}" if c["unit"] else ""
+        print(f"  {c['name']:<{width}}  {c['dtype'] + cell:<16}{unit}")
+    if report["keywords"]:
+        print("keywords:")
+        for k, v in report["keywords"].items():
+            print(f"  {k} = {v}")
+    if report["provenance"]:
+        print("provenance:")
+        for k, v in report["provenance"].items():
+            print(f"  {k} = {v}")
+    if report["history"]:
+        print("history:")
+        for line in report["history"]:
+            print(f"  {line}")

@@ -1,0 +1,188 @@
+"""XP spectra in the Gaia archive's table layouts.
+
+Continuous spectra (the 55 + 55 Hermite coefficients per source) come in two layouts:
+
+- ``arrays``: ``bp_coefficients[55]``, ``bp_coefficient_errors[55]``,
+  ``bp_coefficient_correlations[1485]``, ``bp_standard_deviation``, ``bp_n_relevant_bases``,
+  and the same for ``rp_`` (the archive's XP_CONTINUOUS product, GaiaXPy's input);
+- ``columns``: one column per coefficient, ``bp_coeff_0`` .. ``bp_coeff_54`` with errors
+  ``e_bp_coeff_0`` .. (the archive's "one column per element" DataLink option), no correlations.
+
+Sampled spectra: ``flux[N]`` and ``flux_error[N]`` on a wavelength grid given by the header
+keywords WAVEMIN/WAVEMAX (N equally spaced samples) or WAVEGRID (the N values, comma-separated),
+a ``wavelength[N]`` column, or - for the archive's XP_SAMPLED product, which has none of these -
+GaiaXPy's default 336..1020 nm in 2 nm steps.
+
+The correlations are the strictly lower triangle of the 55 x 55 correlation matrix, packed row
+by row (numpy's ``tril_indices(55, -1)`` order), as in the archive and GaiaXPy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from xptools.errors import UserError
+from xptools.io import Table
+
+BANDS = ("bp", "rp")
+N_COEFFICIENTS = 55
+N_CORRELATIONS = N_COEFFICIENTS * (N_COEFFICIENTS - 1) // 2
+DEFAULT_GRID = np.arange(336.0, 1021.0, 2.0)  # GaiaXPy's default absolute sampling, nm
+
+
+@dataclass
+class Band:
+    """One band's continuous spectra for a chunk of rows (float64 arrays)."""
+
+    coefficients: np.ndarray            # (n, 55)
+    errors: np.ndarray                  # (n, 55)
+    correlations: np.ndarray | None     # (n, 1485) or None when the input has none
+    n_relevant_bases: np.ndarray | None  # (n,) int or None
+    usable: np.ndarray                  # (n,) bool: present and finite
+    corrupt: np.ndarray                 # (n,) bool: present but with NaN/inf values
+
+
+def array_columns(band: str) -> dict[str, str]:
+    return {"coefficients": f"{band}_coefficients", "errors": f"{band}_coefficient_errors",
+            "correlations": f"{band}_coefficient_correlations",
+            "standard_deviation": f"{band}_standard_deviation",
+            "n_relevant_bases": f"{band}_n_relevant_bases"}
+
+
+def per_coefficient_columns(band: str) -> tuple[list[str], list[str]]:
+    return ([f"{band}_coeff_{i}" for i in range(N_COEFFICIENTS)],
+            [f"e_{band}_coeff_{i}" for i in range(N_COEFFICIENTS)])
+
+
+def detect_layout(schema: Table) -> str | None:
+    """'arrays', 'columns' (continuous), 'sampled', or None."""
+    if any(f"{b}_coefficients" in schema for b in BANDS):
+        return "arrays"
+    if any(f"{b}_coeff_0" in schema for b in BANDS):
+        return "columns"
+    if "flux" in schema:
+        return "sampled"
+    return None
+
+
+class ContinuousLayout:
+    """Checks a table's XP continuous columns once, then pulls bands out of each chunk."""
+
+    def __init__(self, schema: Table, name: str):
+        self.name = name
+        self.kind = detect_layout(schema)
+        if self.kind not in ("arrays", "columns"):
+            raise UserError(f"{name}: no XP continuous spectra (expected bp_coefficients/"
+                            f"rp_coefficients arrays or bp_coeff_0.. columns; found "
+                            f"{_preview(schema.colnames)})")
+        self.bands = [b for b in BANDS if (f"{b}_coefficients" if self.kind == "arrays"
+                                           else f"{b}_coeff_0") in schema]
+        self.consumed: list[str] = []
+        self.has_correlations = True
+        for band in self.bands:
+            if self.kind == "arrays":
+                cols = array_columns(band)
+                for role in ("coefficients", "errors"):
+                    _require(schema, cols[role], name)
+                    _check_width(schema, cols[role], N_COEFFICIENTS, name)
+                self.consumed += [cols["coefficients"], cols["errors"]]
+                if cols["correlations"] in schema:
+                    _check_width(schema, cols["correlations"], N_CORRELATIONS, name)
+                    self.consumed.append(cols["correlations"])
+                else:
+                    self.has_correlations = False
+            else:
+                values, errors = per_coefficient_columns(band)
+                for col in values + errors:
+                    _require(schema, col, name)
+                self.consumed += values + errors
+                self.has_correlations = False
+        self.schema = schema
+
+    def has_column(self, role: str) -> bool:
+        return all(array_columns(b)[role] in self.schema for b in self.bands)
+
+    def band(self, chunk: Table, band: str) -> Band | None:
+        """The band's spectra in this chunk, or None when the table has no such band."""
+        if band not in self.bands:
+            return None
+        cols = array_columns(band)
+        if self.kind == "arrays":
+            coefficients = np.asarray(chunk[cols["coefficients"]], dtype=np.float64)
+            errors = np.asarray(chunk[cols["errors"]], dtype=np.float64)
+            correlations = (np.asarray(chunk[cols["correlations"]], dtype=np.float64)
+                            if cols["correlations"] in chunk else None)
+        else:
+            values, errs = per_coefficient_columns(band)
+            coefficients = np.stack([chunk[c] for c in values], axis=1).astype(np.float64)
+            errors = np.stack([chunk[c] for c in errs], axis=1).astype(np.float64)
+            correlations = None
+        finite = np.isfinite(coefficients).all(axis=1) & np.isfinite(errors).all(axis=1)
+        if correlations is not None:
+            finite &= np.isfinite(correlations).all(axis=1)
+        # A missing band is null throughout (the archive's empty arrays and null
+        # standard_deviation); anything else that is not finite is corrupt.
+        missing = np.isnan(coefficients).all(axis=1)
+        if cols["standard_deviation"] in chunk:
+            missing |= ~np.isfinite(np.asarray(chunk[cols["standard_deviation"]], dtype=float))
+        usable = finite & ~missing
+        n_relevant = None
+        if cols["n_relevant_bases"] in chunk:
+            n_relevant = np.asarray(chunk[cols["n_relevant_bases"]]).astype(np.int64)
+            null = chunk.info[cols["n_relevant_bases"]].null
+            if null is not None:
+                n_relevant = np.where(n_relevant == null, 0, n_relevant)
+        return Band(coefficients, errors, correlations, n_relevant, usable, ~finite & ~missing)
+
+
+def _require(schema: Table, column: str, name: str) -> None:
+    if column not in schema:
+        raise UserError(f"{name}: missing column {column!r}")
+
+
+def _check_width(schema: Table, column: str, width: int, name: str) -> None:
+    shape = schema[column].shape[1:]
+    if shape != (width,):
+        found = "a scalar" if not shape else f"{'x'.join(map(str, shape))} values"
+        raise UserError(f"{name}: column {column!r} has {found} per row, expected {width}")
+
+
+def _preview(names: list[str], n: int = 8) -> str:
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "") if names else "no columns"
+
+
+def sampled_grid(table: Table, name: str) -> np.ndarray:
+    """The wavelength grid (nm) of a sampled-layout table (a wavelength column is read from
+    its first row, so pass a chunk with rows when the file may have one)."""
+    if "flux" not in table:
+        raise UserError(f"{name}: no sampled spectra (no 'flux' column)")
+    width = table["flux"].shape[1] if table["flux"].ndim == 2 else 0
+    if width == 0:
+        raise UserError(f"{name}: column 'flux' is a scalar, expected an array per row")
+    meta = table.meta
+    if "WAVEGRID" in meta:
+        grid = np.array([float(v) for v in str(meta["WAVEGRID"]).split(",")])
+    elif "WAVEMIN" in meta and "WAVEMAX" in meta:
+        grid = np.linspace(float(meta["WAVEMIN"]), float(meta["WAVEMAX"]), width)
+    elif "wavelength" in table and len(table):
+        grid = np.asarray(table["wavelength"][0], dtype=float)
+    elif width == len(DEFAULT_GRID):
+        grid = DEFAULT_GRID.copy()
+    else:
+        raise UserError(f"{name}: cannot tell the wavelength grid of 'flux' ({width} samples): "
+                        f"no WAVEMIN/WAVEMAX keywords, no wavelength column, and not the "
+                        f"archive's 343-sample grid")
+    if grid.shape != (width,):
+        raise UserError(f"{name}: the wavelength grid has {grid.size} values, 'flux' {width}")
+    return grid
+
+
+def grid_keywords(grid: np.ndarray, prefix: str = "WAVE") -> dict[str, object]:
+    """Header keywords describing a grid: MIN/MAX/STEP when evenly spaced, else GRID."""
+    step = (grid[-1] - grid[0]) / (len(grid) - 1) if len(grid) > 1 else 0.0
+    if len(grid) > 1 and np.allclose(np.diff(grid), step, rtol=1e-9, atol=0):
+        return {f"{prefix}MIN": float(grid[0]), f"{prefix}MAX": float(grid[-1]),
+                f"{prefix}STEP": float(step)}
+    return {f"{prefix}GRID": ",".join(repr(float(v)) for v in grid)}
