@@ -123,26 +123,28 @@ def _unit_inputs(bp: str, rp: str):
 
 
 def _from_gaiaxpy(internal: bool, grid: np.ndarray | None) -> dict[str, np.ndarray]:
-    print("xptools: computing GaiaXPy design matrices for this grid (cached for next time)",
-          file=sys.stderr)
+    if sys.stderr.isatty():  # a few seconds' wait deserves a word, logs do not need it
+        print("xptools: computing GaiaXPy design matrices for this grid (cached for next time)",
+              file=sys.stderr)
     with _stdout_to_stderr():
         import gaiaxpy
 
+        grid_option = {} if grid is None else {"sampling": grid}  # None: GaiaXPy's default
         try:
             if internal:
-                df, positions = gaiaxpy.convert(_unit_inputs("unit", "unit"), sampling=grid,
-                                                save_file=False)
+                df, positions = gaiaxpy.convert(_unit_inputs("unit", "unit"), save_file=False,
+                                                **grid_option)
                 out = {f"design_{b}": np.stack(df.flux[df.xp == b.upper()].to_numpy())
                        for b in BANDS}
             else:
                 out = {}
                 for band, inputs in (("bp", ("unit", "zero")), ("rp", ("zero", "unit"))):
-                    df, positions = gaiaxpy.calibrate(_unit_inputs(*inputs), sampling=grid,
-                                                      save_file=False)
+                    df, positions = gaiaxpy.calibrate(_unit_inputs(*inputs), save_file=False,
+                                                      **grid_option)
                     out[f"merged_{band}"] = np.stack(df.flux.to_numpy())
                 for band, inputs in (("bp", ("unit", "missing")), ("rp", ("missing", "unit"))):
-                    df, positions = gaiaxpy.calibrate(_unit_inputs(*inputs), sampling=grid,
-                                                      save_file=False)
+                    df, positions = gaiaxpy.calibrate(_unit_inputs(*inputs), save_file=False,
+                                                      **grid_option)
                     out[f"alone_{band}"] = np.stack(df.flux.to_numpy())
         except ValueError as e:  # GaiaXPy validates the grid
             raise UserError(f"invalid sampling grid: {e}") from e

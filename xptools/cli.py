@@ -148,7 +148,8 @@ def sample(
     if grid and grid_file:
         raise UserError("give --grid or --grid-file, not both")
     values = parse_grid(grid) if grid else read_grid_file(grid_file) if grid_file else None
-    with TableWriter(output, format, overwrite) as out, open_table(input, input_format) as src:
+    with TableWriter(output, format, overwrite, write_behind=True) as out, \
+            open_table(input, input_format) as src:
         if covariance and out.format not in ("fits", "hdf5"):
             raise UserError(f"--covariance needs FITS or HDF5 output, not {out.format}")
         run_sample(src, out, grid=values, internal=internal, truncate=truncate,

@@ -27,6 +27,7 @@ beyond), as GaiaXPy's truncation.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -52,12 +53,14 @@ def pair_products(design: np.ndarray) -> np.ndarray:
 
 def variance_weights(errors: np.ndarray, correlations: np.ndarray | None) -> np.ndarray:
     """q = [s_k^2 ; rho_kl s_k s_l (k > l)] per source: the per-source factor of Eq. (3)."""
-    squares = errors * errors
-    if correlations is None:
-        return squares
-    off = correlations * errors[:, _I]
-    off *= errors[:, _J]
-    return np.concatenate([squares, off], axis=1)
+    k = errors.shape[1]
+    q = np.empty((len(errors), k if correlations is None else k + len(_I)))
+    np.multiply(errors, errors, out=q[:, :k])
+    if correlations is not None:
+        off = q[:, k:]
+        np.multiply(correlations, np.take(errors, _I, axis=1), out=off)
+        off *= np.take(errors, _J, axis=1)
+    return q
 
 
 def correlation_matrices(correlations: np.ndarray | None, n: int) -> np.ndarray:
@@ -71,27 +74,50 @@ def correlation_matrices(correlations: np.ndarray | None, n: int) -> np.ndarray:
 
 
 @dataclass
-class _Prepared:
-    coefficients: np.ndarray   # c, truncated if asked
-    weights: np.ndarray        # q of Eq. (3)
-    band: Band                 # errors and correlations (for Eq. 4), usable rows
+class _Matrix:
+    """A design matrix restricted to the columns where it contributes (its support)."""
+
+    columns: slice
+    design: np.ndarray   # D[:, columns], (55, m)
+    pairs: np.ndarray    # P[:, columns], (1540, m), Eq. (3)
+
+    @classmethod
+    def of(cls, design: np.ndarray, blank_outside: bool) -> "_Matrix":
+        # merged matrices are exactly 0 where the band's weight is 0; a band alone is NaN
+        # where GaiaXPy blanks it
+        used = np.isfinite(design).all(axis=0)
+        if not blank_outside:
+            used &= (design != 0).any(axis=0)
+        idx = np.flatnonzero(used)
+        cols = slice(int(idx[0]), int(idx[-1]) + 1) if len(idx) else slice(0, 0)
+        d = np.ascontiguousarray(design[:, cols])
+        return cls(cols, d, np.ascontiguousarray(pair_products(d)))
 
 
 class Sampler:
-    """Samples chunks of XP continuous spectra on one grid (absolute or internal)."""
+    """Samples chunks of XP continuous spectra on one grid (absolute or internal).
+
+    Work is split into blocks of ``BLOCK_ROWS`` sources: a block's weights q stay in the CPU
+    cache between being built and being multiplied, and blocks run on all cores (one BLAS
+    thread each), which keeps the machine's matrix units busy.
+    """
+
+    BLOCK_ROWS = 256
 
     def __init__(self, basis: Basis, bands: tuple[str, ...] = BANDS, truncate: bool = False,
-                 covariance: bool = False):
+                 covariance: bool = False, threads: int | None = None):
         self.basis = basis
         self.bands = bands
         self.truncate = truncate
         self.covariance = covariance
+        self.threads = threads or os.cpu_count() or 1
         if basis.internal:
-            self._designs = {("design", b): m for b, m in basis.design.items()}
+            self._matrices = {("design", b): _Matrix.of(m, True) for b, m in basis.design.items()}
         else:
-            self._designs = {**{("merged", b): m for b, m in basis.merged.items()},
-                             **{("alone", b): m for b, m in basis.alone.items()}}
-        self._pairs = {key: pair_products(m) for key, m in self._designs.items()}
+            self._matrices = {**{("merged", b): _Matrix.of(m, False)
+                                 for b, m in basis.merged.items()},
+                              **{("alone", b): _Matrix.of(m, True)
+                                 for b, m in basis.alone.items()}}
         self.flops = 0.0      # useful arithmetic done (matrix products), for the benchmark
         self.seconds = 0.0    # time spent computing (not reading or writing)
 
@@ -99,67 +125,90 @@ class Sampler:
     def n_samples(self) -> int:
         return len(self.basis.grid)
 
-    def _prepare(self, band: Band) -> _Prepared:
-        c, s = band.coefficients, band.errors
-        if self.truncate and band.n_relevant_bases is not None:
-            n = np.where(band.n_relevant_bases > 0, band.n_relevant_bases, N_COEFFICIENTS)
-            keep = np.arange(N_COEFFICIENTS)[None, :] < n[:, None]
-            c, s = np.where(keep, c, 0.0), np.where(keep, s, 0.0)
-            band = Band(c, s, band.correlations, band.n_relevant_bases, band.usable, band.corrupt)
-        return _Prepared(c, variance_weights(s, band.correlations), band)
+    def _truncated(self, band: Band) -> Band:
+        if not (self.truncate and band.n_relevant_bases is not None):
+            return band
+        n = np.where(band.n_relevant_bases > 0, band.n_relevant_bases, N_COEFFICIENTS)
+        keep = np.arange(N_COEFFICIENTS)[None, :] < n[:, None]
+        return Band(np.where(keep, band.coefficients, 0.0), np.where(keep, band.errors, 0.0),
+                    band.correlations, band.n_relevant_bases, band.usable, band.corrupt)
 
-    def _product(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        self.flops += 2.0 * a.shape[0] * a.shape[1] * b.shape[1]
-        return a @ b
-
-    def _sum_bands(self, parts: list[tuple[_Prepared, tuple]], rows):
-        """Flux (1), variance (3) and, if asked, covariance (4) of the rows, summed over bands."""
-        flux = var = cov = None
-        for p, key in parts:
-            design, pairs = self._designs[key], self._pairs[key]
-            f = self._product(p.coefficients[rows], design)
-            v = self._product(p.weights[rows], pairs[: p.weights.shape[1]])
-            flux = f if flux is None else flux + f
-            var = v if var is None else var + v
-            if self.covariance:
-                g = p.band.errors[rows][:, :, None] * design[None]   # s_k D_km
-                corr = None if p.band.correlations is None else p.band.correlations[rows]
-                k = np.transpose(g, (0, 2, 1)) @ (correlation_matrices(corr, len(g)) @ g)
-                cov = k if cov is None else cov + k
-        return flux, var, cov
+    def _block(self, rows: np.ndarray, parts: list[tuple[Band, _Matrix]]):
+        """Flux (1), error (3) and covariance (4) of one block of rows, summed over bands;
+        NaN outside the bands' supports."""
+        m = self.n_samples
+        flux = np.full((len(rows), m), np.nan)
+        var = np.full((len(rows), m), np.nan)
+        cov = np.full((len(rows), m, m), np.nan) if self.covariance else None
+        for _, matrix in parts:
+            flux[:, matrix.columns] = var[:, matrix.columns] = 0.0
+            if cov is not None:
+                cov[:, matrix.columns, matrix.columns] = 0.0
+        flops = 0.0
+        for band, matrix in parts:
+            cols = matrix.columns
+            correlations = None if band.correlations is None else band.correlations[rows]
+            errors = band.errors[rows]
+            q = variance_weights(errors, correlations)
+            flux[:, cols] += band.coefficients[rows] @ matrix.design
+            var[:, cols] += q @ matrix.pairs[: q.shape[1]]
+            flops += 2.0 * len(rows) * (matrix.design.size + matrix.pairs[: q.shape[1]].size)
+            if cov is not None:
+                g = errors[:, :, None] * matrix.design[None]  # s_k D_km
+                rho = correlation_matrices(correlations, len(rows))
+                cov[:, cols, cols] += np.transpose(g, (0, 2, 1)) @ (rho @ g)
+        return rows, flux, np.sqrt(np.maximum(var, 0.0)), cov, flops
 
     def sample(self, bands: dict[str, Band | None]) -> dict[str, np.ndarray]:
         """Output columns for one chunk; ``bands`` maps 'bp'/'rp' to the chunk's spectra."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
         start = time.perf_counter()
         n = len(next(b for b in bands.values() if b is not None).usable)
         present = {b: bands[b].usable if bands.get(b) is not None else np.zeros(n, bool)
                    for b in BANDS}
-        prepared = {b: self._prepare(bands[b]) for b in self.bands if bands.get(b) is not None}
+        used = {b: self._truncated(bands[b]) for b in self.bands if bands.get(b) is not None}
+        has = {b: present[b] if b in used else np.zeros(n, bool) for b in BANDS}
         if self.basis.internal:
-            groups = [(b, present[b], [(b, ("design", b))]) for b in self.bands]
+            groups = [(f"{b}_flux", has[b], [(b, ("design", b))]) for b in self.bands]
         else:
-            use = {b: present[b] if b in prepared else np.zeros(n, bool) for b in BANDS}
-            groups = [("", use["bp"] & use["rp"], [("bp", ("merged", "bp")),
-                                                   ("rp", ("merged", "rp"))]),
-                      ("", use["bp"] & ~use["rp"], [("bp", ("alone", "bp"))]),
-                      ("", ~use["bp"] & use["rp"], [("rp", ("alone", "rp"))])]
+            groups = [("flux", has["bp"] & has["rp"],
+                       [("bp", ("merged", "bp")), ("rp", ("merged", "rp"))]),
+                      ("flux", has["bp"] & ~has["rp"], [("bp", ("alone", "bp"))]),
+                      ("flux", ~has["bp"] & has["rp"], [("rp", ("alone", "rp"))])]
         m = self.n_samples
         out: dict[str, np.ndarray] = {}
-        for prefix, mask, parts in groups:
-            name = f"{prefix}_flux" if prefix else "flux"
+        covered: dict[str, np.ndarray] = {}
+        jobs = []
+        for name, mask, parts in groups:
             if name not in out:
-                out[name] = np.full((n, m), np.nan)
-                out[name + "_error"] = np.full((n, m), np.nan)
+                out[name] = np.empty((n, m))
+                out[name + "_error"] = np.empty((n, m))
                 if self.covariance:
-                    out[name + "_covariance"] = np.full((n, m, m), np.nan)
-            if not mask.any():
+                    out[name + "_covariance"] = np.empty((n, m, m))
+                covered[name] = np.zeros(n, bool)
+            covered[name] |= mask
+            rows = np.flatnonzero(mask)
+            if not len(rows):
                 continue
-            rows = slice(None) if mask.all() else mask
-            flux, var, cov = self._sum_bands([(prepared[b], key) for b, key in parts], rows)
-            out[name][rows] = flux
-            out[name + "_error"][rows] = np.sqrt(np.maximum(var, 0.0))
-            if cov is not None:
-                out[name + "_covariance"][rows] = cov
+            block_parts = [(used[b], self._matrices[key]) for b, key in parts]
+            step = max(1, self.BLOCK_ROWS // (m if self.covariance else 1))
+            jobs += [(name, rows[i:i + step], block_parts) for i in range(0, len(rows), step)]
+        with threadpool_limits(limits=1, user_api="blas"), \
+                ThreadPoolExecutor(self.threads) as pool:
+            results = pool.map(lambda job: (job[0], self._block(*job[1:])), jobs)
+            for name, (rows, flux, error, cov, flops) in results:
+                out[name][rows] = flux
+                out[name + "_error"][rows] = error
+                if cov is not None:
+                    out[name + "_covariance"][rows] = cov
+                self.flops += flops
+        for name, done in covered.items():  # rows without a usable band
+            for column in (name, name + "_error", name + "_covariance"):
+                if column in out:
+                    out[column][~done] = np.nan
         out["sample_flag"] = (np.where(present["bp"], 0, FLAG_NO_BP) |
                               np.where(present["rp"], 0, FLAG_NO_RP)).astype(np.int16)
         self.seconds += time.perf_counter() - start
@@ -226,7 +275,7 @@ def run_sample(src: InputTable, out: TableWriter, *, grid: np.ndarray | None = N
     first_corrupt = None
     offset = 0
     with progress(src.nrows, "sample", quiet) as bar:
-        for chunk in src.chunks(chunk_rows):
+        for chunk in src.chunks(chunk_rows, read_ahead=True):
             spectra = {b: layout.band(chunk, b) for b in BANDS}
             for b, spec in spectra.items():
                 if spec is not None and spec.corrupt.any():

@@ -34,11 +34,11 @@ DEFAULT_GRID = np.arange(336.0, 1021.0, 2.0)  # GaiaXPy's default absolute sampl
 
 @dataclass
 class Band:
-    """One band's continuous spectra for a chunk of rows (float64 arrays)."""
+    """One band's continuous spectra for a chunk of rows (coefficients and errors float64)."""
 
     coefficients: np.ndarray            # (n, 55)
     errors: np.ndarray                  # (n, 55)
-    correlations: np.ndarray | None     # (n, 1485) or None when the input has none
+    correlations: np.ndarray | None     # (n, 1485) (float32 in the archive) or None
     n_relevant_bases: np.ndarray | None  # (n,) int or None
     usable: np.ndarray                  # (n,) bool: present and finite
     corrupt: np.ndarray                 # (n,) bool: present but with NaN/inf values
@@ -110,9 +110,11 @@ class ContinuousLayout:
             return None
         cols = array_columns(band)
         if self.kind == "arrays":
-            coefficients = np.asarray(chunk[cols["coefficients"]], dtype=np.float64)
-            errors = np.asarray(chunk[cols["errors"]], dtype=np.float64)
-            correlations = (np.asarray(chunk[cols["correlations"]], dtype=np.float64)
+            k = N_COEFFICIENTS
+            coefficients = np.asarray(_cells(chunk, cols["coefficients"], k, self.name),
+                                      dtype=np.float64)
+            errors = np.asarray(_cells(chunk, cols["errors"], k, self.name), dtype=np.float64)
+            correlations = (_cells(chunk, cols["correlations"], N_CORRELATIONS, self.name)
                             if cols["correlations"] in chunk else None)
         else:
             values, errs = per_coefficient_columns(band)
@@ -143,10 +145,25 @@ def _require(schema: Table, column: str, name: str) -> None:
 
 
 def _check_width(schema: Table, column: str, width: int, name: str) -> None:
+    """Array cells of ``width`` values; a column of nulls only may have come back without
+    cells (a single missing-band row in CSV or a zero-length FITS array), which is checked
+    row by row in `_cells`."""
     shape = schema[column].shape[1:]
-    if shape != (width,):
-        found = "a scalar" if not shape else f"{'x'.join(map(str, shape))} values"
-        raise UserError(f"{name}: column {column!r} has {found} per row, expected {width}")
+    if shape not in ((width,), (0,), ()):
+        raise UserError(f"{name}: column {column!r} has {'x'.join(map(str, shape))} values "
+                        f"per row, expected {width}")
+    if shape == () and schema[column].dtype.kind != "f":
+        raise UserError(f"{name}: column {column!r} has a scalar per row, expected {width}")
+
+
+def _cells(chunk: Table, column: str, width: int, name: str) -> np.ndarray:
+    """An array column as (n, width); a column of nulls without cells becomes NaN rows."""
+    data = chunk[column]
+    if data.shape[1:] == (width,):
+        return data
+    if data.ndim == 1 and np.isnan(data).all() or data.shape[1:] == (0,):
+        return np.full((len(data), width), np.nan)
+    raise UserError(f"{name}: column {column!r} has a scalar per row, expected {width}")
 
 
 def _preview(names: list[str], n: int = 8) -> str:

@@ -24,6 +24,7 @@ import zlib
 from typing import Iterator
 
 from xptools.errors import UserError
+from xptools.io.pipeline import BehindWriter, prefetch
 from xptools.io.table import ColumnInfo, Table, concat
 
 __all__ = ["Table", "ColumnInfo", "concat", "open_table", "read_table", "TableWriter",
@@ -161,11 +162,19 @@ class InputTable:
             raise UserError(f"{self.name}: broken gzip data ({e})") from e
         return tmp
 
-    def chunks(self, rows: int = 10_000, columns: list[str] | None = None) -> Iterator[Table]:
-        """The table in pieces of at most ``rows`` rows (at least one piece, maybe empty)."""
+    def chunks(self, rows: int = 10_000, columns: list[str] | None = None,
+               read_ahead: bool = False) -> Iterator[Table]:
+        """The table in pieces of at most ``rows`` rows (at least one piece, maybe empty);
+        with ``read_ahead`` the next piece is read in a thread meanwhile."""
         if columns:
             self.schema.select(columns)  # names a missing column clearly
-        yield from self._reader.chunks(rows, columns)
+        pieces = self._reader.chunks(rows, columns)
+        empty = True
+        for piece in prefetch(pieces) if read_ahead else pieces:
+            empty = False
+            yield piece
+        if empty:
+            yield self.schema.select(columns or self.schema.colnames)
 
     def read(self, columns: list[str] | None = None) -> Table:
         return concat(list(self.chunks(1 << 62, columns)))
@@ -218,10 +227,13 @@ class TableWriter:
     run in the constructor, before any work is done.
     """
 
-    def __init__(self, path: str | None, format: str | None = None, overwrite: bool = False):
+    def __init__(self, path: str | None, format: str | None = None, overwrite: bool = False,
+                 write_behind: bool = False):
         self.path = STDIO if path in (None, STDIO) else path
         self.format = output_format(self.path, format)
         self._backend = None
+        self._behind = None
+        self._write_behind = write_behind
         if self.path == STDIO:
             if FORMATS[self.format][1] and sys.stdout.isatty():
                 raise UserError(f"refusing to write binary {self.format.upper()} to a terminal; "
@@ -243,14 +255,19 @@ class TableWriter:
         self.rows_written = 0
 
     def write(self, table: Table) -> None:
+        """Append rows (with ``write_behind``, in a thread while the caller goes on)."""
         if self._backend is None:
             self._backend = _writer(self.format, self._tmp)
-        self._backend.write(table)
+            if self._write_behind:
+                self._behind = BehindWriter(self._backend.write)
+        (self._behind or self._backend).write(table)
         self.rows_written += len(table)
 
     def commit(self) -> None:
         if self._backend is None:
             raise RuntimeError("nothing was written")
+        if self._behind is not None:
+            self._behind.close()
         self._backend.close()
         self._backend = None
         src = self._tmp
@@ -273,6 +290,12 @@ class TableWriter:
         self._tmp = None
 
     def abort(self) -> None:
+        if self._behind is not None:
+            try:
+                self._behind.close()
+            except BaseException:
+                pass
+            self._behind = None
         if self._backend is not None:
             try:
                 self._backend.close()

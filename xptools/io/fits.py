@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from typing import Iterator
 
 import numpy as np
@@ -24,6 +25,7 @@ _STRUCTURAL = re.compile(
 
 
 _HISTORY_WIDTH = 72
+_VLA_TYPES = {"D": "f8", "E": "f4", "K": "i8", "J": "i4", "I": "i2", "B": "u1", "L": "?"}
 
 
 def _native(a: np.ndarray) -> np.ndarray:
@@ -55,13 +57,18 @@ class FitsReader:
                             f"promises {end})")
         self.nrows = self._hdu.get_nrows()
         header = self._hdu.read_header()
-        dtype, _, is_var = self._hdu.get_rec_dtype(vstorage="fixed")
+        with warnings.catch_warnings():  # fitsio warns about empty variable-length columns
+            warnings.simplefilter("ignore", fitsio.FITSRuntimeWarning)
+            dtype, _, is_var = self._hdu.get_rec_dtype(vstorage="fixed")
         self._var = {n for n, v in zip(dtype.names, is_var) if v}
-        self._dtype = dtype
+        self._heap = _Heap(path, header, self._hdu.get_offsets()["data_start"]) if self._var else None
         self.schema = Table()
         for i, n in enumerate(dtype.names, start=1):
             sub = dtype[n]
             cell = sub.shape
+            if sub.kind == "O":  # a variable-length column whose arrays are all empty
+                sub = np.dtype(_VLA_TYPES.get(str(header.get(f"TFORM{i}", ""))[1:2], "f8"))
+                cell = (0,)
             base = _native(np.zeros(0, sub.base)).dtype
             null = header.get(f"TNULL{i}")
             self.schema.add_column(n, np.zeros((0, *cell), dtype=base),
@@ -78,7 +85,7 @@ class FitsReader:
                 else:
                     self.schema.history.append(text)
                 wrapped = len(text) == _HISTORY_WIDTH
-            elif not _STRUCTURAL.match(key) and rec.get("value") is not None:
+            elif key and not _STRUCTURAL.match(key) and rec.get("value") is not None:
                 self.schema.meta[key] = rec["value"]
 
     def chunks(self, rows: int, columns: list[str] | None = None) -> Iterator[Table]:
@@ -89,35 +96,131 @@ class FitsReader:
             stop = min(start + rows, self.nrows)
             out = self.schema.select(names).rows(slice(0, 0))
             try:
-                data = self._hdu.read(rows=np.arange(start, stop), columns=fixed) if fixed else None
-                vdata = (self._hdu.read(rows=np.arange(start, stop), columns=var,
-                                        vstorage="object") if var else None)
+                data = self._hdu[fixed][start:stop] if fixed else None
+                arrays = self._heap.read(var, start, stop, self.schema) if var else {}
+                for n in names:
+                    out.columns[n] = arrays[n] if n in self._var else _native(data[n])
             except (OSError, ValueError) as e:
                 raise UserError(f"{self.name}: cannot read rows {start}-{stop - 1} "
                                 f"({_first_line(e)})") from e
-            for n in names:
-                if n in self._var:
-                    out.columns[n] = _stack_var(vdata[n], self.schema[n])
-                else:
-                    out.columns[n] = _native(data[n])
             yield out
 
     def close(self):
+        if self._heap is not None:
+            self._heap.close()
         self._fits.close()
 
 
-def _stack_var(cells: np.ndarray, like: np.ndarray) -> np.ndarray:
-    """Variable-length array cells -> a fixed (rows, K) array; short or empty cells -> NaN."""
-    k = like.shape[1]
-    fill = np.nan if like.dtype.kind == "f" else 0
-    out = np.full((len(cells), k), fill, dtype=like.dtype)
-    lengths = np.fromiter((len(c) for c in cells), dtype=np.int64, count=len(cells))
-    full = np.flatnonzero(lengths == k)
-    if len(full):
-        out[full] = np.concatenate([cells[i] for i in full]).reshape(len(full), k)
-    for i in np.flatnonzero((lengths > 0) & (lengths < k)):
-        out[i, : lengths[i]] = cells[i]
-    return out
+class _Heap:
+    """Variable-length array columns read straight from the file's heap.
+
+    A 'P' ('Q') column holds per row a descriptor (count, offset) of two big-endian int32
+    (int64); the arrays lie in the heap, THEAP bytes after the start of the table data. A chunk
+    of rows reads its descriptors, then the span of heap they point into, in one read each (so
+    memory stays bounded); rows written one after the other have equally spaced offsets, so a
+    run of full-length arrays is one strided view, copied once. (fitsio makes one Python object
+    per cell, several times slower.)
+    """
+
+    _DESCRIPTOR = {"P": np.dtype(">i4"), "Q": np.dtype(">i8")}
+    _ELEMENT = {"D": ">f8", "E": ">f4", "K": ">i8", "J": ">i4", "I": ">i2", "B": "u1"}
+    _SIZE = {"L": 1, "B": 1, "I": 2, "J": 4, "K": 8, "A": 1, "E": 4, "D": 8, "C": 8, "M": 16,
+             "P": 8, "Q": 16}
+
+    def __init__(self, path: str, header, data_start: int):
+        self._file = open(path, "rb", buffering=0)
+        self._row_bytes = int(header["NAXIS1"])
+        self._data = data_start
+        self._heap = data_start + int(header.get("THEAP", self._row_bytes * header["NAXIS2"]))
+        self._size = os.path.getsize(path)
+        self._columns = {}
+        offset = 0
+        for i in range(1, int(header["TFIELDS"]) + 1):
+            form = str(header[f"TFORM{i}"]).strip()
+            m = re.match(r"^(\d*)([LXBIJKAEDCMPQ])(\w?)", form)
+            if not m:
+                raise UserError(f"unsupported FITS column format TFORM{i} = {form!r}")
+            repeat = int(m.group(1)) if m.group(1) else 1
+            code = m.group(2)
+            if code in "PQ" and repeat:
+                if m.group(3) not in self._ELEMENT or f"TSCAL{i}" in header or f"TZERO{i}" in header:
+                    raise UserError(f"unsupported variable-length column format {form!r}")
+                self._columns[header[f"TTYPE{i}"]] = (offset, self._DESCRIPTOR[code],
+                                                      np.dtype(self._ELEMENT[m.group(3)]))
+            offset += (repeat + 7) // 8 if code == "X" else repeat * self._SIZE[code]
+        if offset != self._row_bytes:
+            raise UserError(f"FITS table rows are {self._row_bytes} bytes, its columns add up "
+                            f"to {offset}")
+
+    def _read(self, position: int, size: int) -> np.ndarray:
+        data = np.empty(size, dtype=np.uint8)
+        self._file.seek(position)
+        if self._file.readinto(data) != size:
+            raise UserError("truncated FITS heap (the file ends inside the array data)")
+        return data
+
+    def read(self, names: list[str], start: int, stop: int, schema: Table) -> dict:
+        """Rows start..stop of variable-length columns as (n, K) arrays; empty cells -> NaN."""
+        n = stop - start
+        rows = self._read(self._data + start * self._row_bytes, n * self._row_bytes)
+        rows = rows.reshape(n, self._row_bytes)
+        cells = {}
+        for name in names:
+            col, desc, element = self._columns[name]
+            raw = rows[:, col:col + 2 * desc.itemsize].copy().view(desc).reshape(n, 2)
+            cells[name] = (raw[:, 0].astype(np.int64), raw[:, 1].astype(np.int64), element)
+        # the heap span each column needs; overlapping spans (rows written one after the
+        # other) are read once, separate ones (columns written one after the other) apart
+        spans = {}
+        for name, (counts, offsets, element) in cells.items():
+            has = counts > 0
+            spans[name] = ((int(offsets[has].min()), int((offsets + counts * element.itemsize)
+                                                           [has].max())) if has.any() else (0, 0))
+            if spans[name][0] < 0 or self._heap + spans[name][1] > self._size:
+                raise UserError("FITS array descriptors point outside the file (truncated or "
+                                "corrupt heap)")
+        out = {}
+        for lo, hi, members in _merge(spans):
+            heap = self._read(self._heap + lo, hi - lo)
+            for name in members:
+                counts, offsets, element = cells[name]
+                out[name] = self._cells(heap, counts, offsets - lo, element, schema[name])
+        return out
+
+    @staticmethod
+    def _cells(heap, counts, offsets, element, like) -> np.ndarray:
+        n, k = len(counts), like.shape[1]
+        full = np.flatnonzero(counts == k)
+        out = np.empty((n, k), dtype=like.dtype)
+        if len(full) < n:
+            out[counts != k] = np.nan if like.dtype.kind == "f" else 0
+        if len(full) and k:
+            step = np.diff(offsets[full])
+            next_row = np.diff(full) == 1
+            values, times = np.unique(step[next_row & (step > 0)], return_counts=True)
+            stride = int(values[np.argmax(times)]) if len(values) else 1
+            for run in np.split(full, np.flatnonzero(~next_row | (step != stride)) + 1):
+                out[run[0]:run[-1] + 1] = np.ndarray((len(run), k), dtype=element, buffer=heap,
+                                                     offset=int(offsets[run[0]]),
+                                                     strides=(stride, element.itemsize))
+        for i in np.flatnonzero((counts > 0) & (counts < k)):  # short arrays: NaN-padded
+            out[i, :counts[i]] = np.ndarray((int(counts[i]),), dtype=element, buffer=heap,
+                                            offset=int(offsets[i]))
+        return out
+
+    def close(self):
+        self._file.close()
+
+
+def _merge(spans: dict[str, tuple[int, int]]) -> list[tuple[int, int, list[str]]]:
+    """Overlapping (start, stop) spans merged: [(start, stop, names), ...]."""
+    merged: list[tuple[int, int, list[str]]] = []
+    for name, (lo, hi) in sorted(spans.items(), key=lambda item: item[1]):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi), merged[-1][2] + [name])
+        else:
+            merged.append((lo, hi, [name]))
+    return merged
 
 
 class FitsWriter:

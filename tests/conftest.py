@@ -1,0 +1,70 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from xptools.io import Table, write_table
+
+SHARED = os.environ.get("XPTOOLS_SHARED_DATA",
+                        os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def basis_cache(tmp_path_factory):
+    """One design-matrix cache for the whole test session (GaiaXPy runs once per grid)."""
+    path = str(tmp_path_factory.mktemp("xptools-cache"))
+    os.environ["XPTOOLS_CACHE"] = path
+    return path
+
+
+@pytest.fixture
+def shared():
+    """../shared/data, or skip the test when it is absent."""
+    if not os.path.isdir(SHARED):
+        pytest.skip(f"shared data not found at {SHARED}")
+    return SHARED
+
+
+def run(*args, stdin=None, cwd=None, env=None):
+    """Run the xptools command in a subprocess; returns CompletedProcess with bytes output."""
+    return subprocess.run([sys.executable, "-m", "xptools", *map(str, args)], input=stdin,
+                          capture_output=True, cwd=cwd, env=env, timeout=300)
+
+
+def synthetic_continuous(n=5, seed=0, correlations=True, missing_bp=(), missing_rp=()):
+    """A small table in the archive's array layout with plausible random coefficients."""
+    rng = np.random.default_rng(seed)
+    t = Table()
+    t.add_column("source_id", np.arange(n, dtype=np.int64) + 1000)
+    t.add_column("ra", rng.uniform(0, 360, n), unit="deg")
+    for band in ("bp", "rp"):
+        scale = np.exp(-np.arange(55) / 8.0)
+        coeffs = rng.normal(size=(n, 55)) * scale * 100 + np.r_[500.0, np.zeros(54)]
+        errors = np.abs(rng.normal(size=(n, 55))) * 0.5 + 0.5
+        t.add_column(f"{band}_standard_deviation", np.ones(n, np.float32) * 1.1)
+        t.add_column(f"{band}_coefficients", coeffs)
+        t.add_column(f"{band}_coefficient_errors", errors.astype(np.float32))
+        if correlations:  # valid (positive definite) correlation matrices, packed
+            a = rng.normal(size=(n, 55, 8)) * 0.4
+            cov = a @ np.transpose(a, (0, 2, 1)) + np.eye(55)
+            scale = 1 / np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+            corr = cov * scale[:, :, None] * scale[:, None, :]
+            i, j = np.tril_indices(55, -1)
+            t.add_column(f"{band}_coefficient_correlations", corr[:, i, j].astype(np.float32))
+        t.add_column(f"{band}_n_relevant_bases", np.full(n, 40, np.int16))
+        for i in (missing_bp if band == "bp" else missing_rp):
+            t[f"{band}_coefficients"][i] = np.nan
+            t[f"{band}_coefficient_errors"][i] = np.nan
+            if correlations:
+                t[f"{band}_coefficient_correlations"][i] = np.nan
+            t[f"{band}_standard_deviation"][i] = np.nan
+    return t
+
+
+@pytest.fixture
+def continuous_fits(tmp_path):
+    path = tmp_path / "continuous.fits"
+    write_table(synthetic_continuous(missing_bp=(2,)), str(path))
+    return path
