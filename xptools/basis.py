@@ -85,17 +85,24 @@ def _save(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 @contextlib.contextmanager
-def _stdout_to_stderr():
-    """GaiaXPy prints progress on stdout, which is our data channel: send it to stderr."""
+def _silenced():
+    """GaiaXPy prints progress on stdout (our data channel) and stderr; our unit-vector calls
+    are internal, so both go to /dev/null while they run."""
     sys.stdout.flush()
-    saved = os.dup(1)
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(2, 1)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
         yield
     finally:
         sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
 
 
 def _unit_inputs(bp: str, rp: str):
@@ -126,7 +133,7 @@ def _from_gaiaxpy(internal: bool, grid: np.ndarray | None) -> dict[str, np.ndarr
     if sys.stderr.isatty():  # a few seconds' wait deserves a word, logs do not need it
         print("xptools: computing GaiaXPy design matrices for this grid (cached for next time)",
               file=sys.stderr)
-    with _stdout_to_stderr():
+    with _silenced():
         import gaiaxpy
 
         grid_option = {} if grid is None else {"sampling": grid}  # None: GaiaXPy's default

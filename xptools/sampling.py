@@ -28,6 +28,7 @@ beyond), as GaiaXPy's truncation.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -46,21 +47,26 @@ FLAG_NO_BP = 1
 FLAG_NO_RP = 2
 
 
-def pair_products(design: np.ndarray) -> np.ndarray:
-    """P = [D_km^2 ; 2 D_km D_lm (k > l)], (1540, M): the fixed factor of Eq. (3)."""
-    return np.concatenate([design * design, 2.0 * design[_I] * design[_J]])
+def pair_products(design: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed factors of Eq. (3): D_km^2 (55, M) and 2 D_km D_lm for k > l (1485, M)."""
+    return design * design, 2.0 * design[_I] * design[_J]
 
 
-def variance_weights(errors: np.ndarray, correlations: np.ndarray | None) -> np.ndarray:
-    """q = [s_k^2 ; rho_kl s_k s_l (k > l)] per source: the per-source factor of Eq. (3)."""
-    k = errors.shape[1]
-    q = np.empty((len(errors), k if correlations is None else k + len(_I)))
-    np.multiply(errors, errors, out=q[:, :k])
-    if correlations is not None:
-        off = q[:, k:]
-        np.multiply(correlations, np.take(errors, _I, axis=1), out=off)
-        off *= np.take(errors, _J, axis=1)
-    return q
+def variance_weights(errors: np.ndarray, correlations: np.ndarray | None,
+                     out: np.ndarray | None = None, scratch: np.ndarray | None = None):
+    """The per-source factors of Eq. (3): s_k^2 (n, 55) and rho_kl s_k s_l for k > l
+    (n, 1485; None without correlations). ``out`` and ``scratch`` are optional (n, 1485)
+    buffers; contiguous buffers keep the products in place, without temporary copies."""
+    squares = errors * errors
+    if correlations is None:
+        return squares, None
+    n = len(errors)
+    off = np.empty((n, len(_I))) if out is None else out
+    tmp = np.empty((n, len(_I))) if scratch is None else scratch
+    # mode="clip": the indices are valid, and the default mode buffers ``out``
+    np.multiply(correlations, np.take(errors, _I, axis=1, out=tmp, mode="clip"), out=off)
+    np.multiply(off, np.take(errors, _J, axis=1, out=tmp, mode="clip"), out=off)
+    return squares, off
 
 
 def correlation_matrices(correlations: np.ndarray | None, n: int) -> np.ndarray:
@@ -79,7 +85,8 @@ class _Matrix:
 
     columns: slice
     design: np.ndarray   # D[:, columns], (55, m)
-    pairs: np.ndarray    # P[:, columns], (1540, m), Eq. (3)
+    squares: np.ndarray  # D_km^2, (55, m), Eq. (3)
+    products: np.ndarray  # 2 D_km D_lm (k > l), (1485, m), Eq. (3)
 
     @classmethod
     def of(cls, design: np.ndarray, blank_outside: bool) -> "_Matrix":
@@ -91,7 +98,7 @@ class _Matrix:
         idx = np.flatnonzero(used)
         cols = slice(int(idx[0]), int(idx[-1]) + 1) if len(idx) else slice(0, 0)
         d = np.ascontiguousarray(design[:, cols])
-        return cls(cols, d, np.ascontiguousarray(pair_products(d)))
+        return cls(cols, d, *pair_products(d))
 
 
 class Sampler:
@@ -118,6 +125,7 @@ class Sampler:
                                  for b, m in basis.merged.items()},
                               **{("alone", b): _Matrix.of(m, True)
                                  for b, m in basis.alone.items()}}
+        self._local = threading.local()
         self.flops = 0.0      # useful arithmetic done (matrix products), for the benchmark
         self.seconds = 0.0    # time spent computing (not reading or writing)
 
@@ -133,31 +141,56 @@ class Sampler:
         return Band(np.where(keep, band.coefficients, 0.0), np.where(keep, band.errors, 0.0),
                     band.correlations, band.n_relevant_bases, band.usable, band.corrupt)
 
-    def _block(self, rows: np.ndarray, parts: list[tuple[Band, _Matrix]]):
-        """Flux (1), error (3) and covariance (4) of one block of rows, summed over bands;
-        NaN outside the bands' supports."""
-        m = self.n_samples
-        flux = np.full((len(rows), m), np.nan)
-        var = np.full((len(rows), m), np.nan)
-        cov = np.full((len(rows), m, m), np.nan) if self.covariance else None
+    def _buffers(self, rows: int) -> dict[str, np.ndarray]:
+        """Scratch arrays of this thread, reused from block to block."""
+        buffers = getattr(self._local, "buffers", None)
+        if buffers is None or len(buffers["off"]) < rows:
+            m = self.n_samples
+            buffers = self._local.buffers = {
+                "off": np.empty((rows, len(_I))), "tmp": np.empty((rows, len(_I))),
+                "flux": np.empty((rows, m)), "var": np.empty((rows, m)),
+                "product": np.empty((rows, m))}
+        return buffers
+
+    def _block(self, rows, parts: list[tuple[Band, _Matrix]], outputs: list) -> float:
+        """Flux (1), error (3) and covariance (4) of a block of rows (a slice or indices),
+        summed over bands, written into ``outputs``; NaN outside the bands' supports.
+        Returns the matrix-product arithmetic done."""
+        n = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+        buf = self._buffers(n)
+        flux, var = buf["flux"][:n], buf["var"][:n]
+        flux.fill(np.nan)
+        var.fill(np.nan)
+        cov = np.full((n, self.n_samples, self.n_samples), np.nan) if self.covariance else None
         for _, matrix in parts:
             flux[:, matrix.columns] = var[:, matrix.columns] = 0.0
             if cov is not None:
                 cov[:, matrix.columns, matrix.columns] = 0.0
         flops = 0.0
         for band, matrix in parts:
-            cols = matrix.columns
+            cols, width = matrix.columns, matrix.design.shape[1]
             correlations = None if band.correlations is None else band.correlations[rows]
             errors = band.errors[rows]
-            q = variance_weights(errors, correlations)
-            flux[:, cols] += band.coefficients[rows] @ matrix.design
-            var[:, cols] += q @ matrix.pairs[: q.shape[1]]
-            flops += 2.0 * len(rows) * (matrix.design.size + matrix.pairs[: q.shape[1]].size)
+            squares, off = variance_weights(errors, correlations, buf["off"][:n],
+                                            buf["tmp"][:n])
+            product = buf["product"][:n, :width]
+            flux[:, cols] += np.matmul(band.coefficients[rows], matrix.design, out=product)
+            var[:, cols] += np.matmul(squares, matrix.squares, out=product)
+            flops += 2.0 * n * (matrix.design.size + matrix.squares.size)
+            if off is not None:
+                var[:, cols] += np.matmul(off, matrix.products, out=product)
+                flops += 2.0 * n * matrix.products.size
             if cov is not None:
                 g = errors[:, :, None] * matrix.design[None]  # s_k D_km
-                rho = correlation_matrices(correlations, len(rows))
+                rho = correlation_matrices(correlations, n)
                 cov[:, cols, cols] += np.transpose(g, (0, 2, 1)) @ (rho @ g)
-        return rows, flux, np.sqrt(np.maximum(var, 0.0)), cov, flops
+        np.maximum(var, 0.0, out=var)
+        out_flux, out_error, out_cov = outputs
+        out_flux[rows] = flux
+        out_error[rows] = np.sqrt(var, out=var)
+        if cov is not None:
+            out_cov[rows] = cov
+        return flops
 
     def sample(self, bands: dict[str, Band | None]) -> dict[str, np.ndarray]:
         """Output columns for one chunk; ``bands`` maps 'bp'/'rp' to the chunk's spectra."""
@@ -194,17 +227,15 @@ class Sampler:
             if not len(rows):
                 continue
             block_parts = [(used[b], self._matrices[key]) for b, key in parts]
+            outputs = [out[name], out[name + "_error"], out.get(name + "_covariance")]
             step = max(1, self.BLOCK_ROWS // (m if self.covariance else 1))
-            jobs += [(name, rows[i:i + step], block_parts) for i in range(0, len(rows), step)]
+            for i in range(0, len(rows), step):
+                # all rows in the group: slices, i.e. views instead of copies
+                block = slice(i, min(i + step, n)) if len(rows) == n else rows[i:i + step]
+                jobs.append((block, block_parts, outputs))
         with threadpool_limits(limits=1, user_api="blas"), \
                 ThreadPoolExecutor(self.threads) as pool:
-            results = pool.map(lambda job: (job[0], self._block(*job[1:])), jobs)
-            for name, (rows, flux, error, cov, flops) in results:
-                out[name][rows] = flux
-                out[name + "_error"][rows] = error
-                if cov is not None:
-                    out[name + "_covariance"][rows] = cov
-                self.flops += flops
+            self.flops += sum(pool.map(lambda job: self._block(*job), jobs))
         for name, done in covered.items():  # rows without a usable band
             for column in (name, name + "_error", name + "_covariance"):
                 if column in out:
@@ -263,9 +294,6 @@ def run_sample(src: InputTable, out: TableWriter, *, grid: np.ndarray | None = N
     clash = [c for c in new if c in passthrough]
     if clash:
         raise UserError(f"{src.name}: already has a column {clash[0]!r}; drop or rename it first")
-    if not layout.has_correlations:
-        warn(f"{src.name} has no coefficient correlations: flux errors use the diagonal "
-             f"covariance only (header XPERRCOR='diagonal')")
     keywords = {"XPKIND": "sampled_internal" if internal else "sampled",
                 **grid_keywords(sampler.basis.grid, "PWL" if internal else "WAVE"),
                 "XPBANDS": ",".join(bands), "XPTRUNC": bool(truncate),
@@ -298,6 +326,9 @@ def run_sample(src: InputTable, out: TableWriter, *, grid: np.ndarray | None = N
             out.write(table)
             offset += len(chunk)
             bar.update(len(chunk))
+    if not layout.has_correlations:
+        warn(f"{src.name} has no coefficient correlations: flux errors use the diagonal "
+             f"covariance only (header XPERRCOR='diagonal')")
     if corrupt:
         warn(f"{src.name}: {corrupt} band spectra have NaN or infinite coefficients or errors "
              f"(first at row {first_corrupt}); treated as missing")

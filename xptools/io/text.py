@@ -73,10 +73,12 @@ class _Rows:
 
 
 def _is_array_text(cells: list[str]) -> bool:
+    """An array column: its first non-null cell opens with '(' or '[' (a malformed cell is
+    then reported by line when the column is parsed)."""
     for c in cells:
         c = c.strip()
         if c and c not in _NULL_TEXT:
-            return c[0] in "([" and c[-1] in ")]"
+            return c[0] in "(["
     return False
 
 
@@ -223,6 +225,9 @@ class CsvReader:
             null = int(np.iinfo(dtype).min) if dtype.kind in "iu" else None
             self.schema.add_column(n, np.zeros(shape, dtype=dtype), unit=unit,
                                    description=description, null=null)
+        # convert the first rows now, so that bad cells there fail before any work is done
+        first, raw = self._pending
+        self._pending = (first, self._convert(first, raw, names) if raw else None)
 
     def _convert(self, first: int, rows: list[list[str]], names: list[str]) -> Table:
         out = self.schema.select(names)
@@ -237,15 +242,16 @@ class CsvReader:
         names = columns or self.schema.colnames
         if self._pending is None:
             raise RuntimeError("a CSV table can be iterated once")
-        (first, raw), self._pending = self._pending, None
-        yielded = False
-        while raw:
-            for i in range(0, len(raw), rows):
-                yielded = True
-                yield self._convert(first + i, raw[i:i + rows], names)
+        (first, converted), self._pending = self._pending, None
+        if converted is not None:
+            converted = converted.select(names)
+            for i in range(0, len(converted), rows):
+                yield converted.rows(slice(i, i + rows))
+        while True:
             first, raw = self._rows.chunk(rows)
-        if not yielded:
-            yield self.schema.select(names)
+            if not raw:
+                break
+            yield self._convert(first, raw, names)
 
     def close(self):
         self._stream.close()

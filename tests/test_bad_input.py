@@ -1,0 +1,142 @@
+"""Bad input to `xptools sample`: one line on stderr naming the file and the problem, exit 1,
+no traceback, and no output file left behind."""
+
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run, synthetic_continuous
+from xptools.io import read_table, write_table
+
+
+def assert_clean_failure(result, output, *fragments):
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    assert err.count("\n") == 1, err          # one line
+    assert "Traceback" not in err
+    assert err.startswith("xptools sample: error: ")
+    for fragment in fragments:
+        assert fragment in err, err
+    assert not os.path.exists(output)
+    assert not [f for f in os.listdir(os.path.dirname(output)) if f.endswith(".part")]
+
+
+def test_empty_file(tmp_path):
+    src, out = tmp_path / "empty.fits", tmp_path / "out.fits"
+    src.write_bytes(b"")
+    assert_clean_failure(run("sample", src, "-o", out), out, str(src), "empty file")
+
+
+def test_truncated_fits(tmp_path):
+    src, out = tmp_path / "cut.fits", tmp_path / "out.fits"
+    write_table(synthetic_continuous(n=50), str(src))
+    data = src.read_bytes()
+    src.write_bytes(data[: len(data) // 2])
+    assert_clean_failure(run("sample", src, "-o", out), out, str(src), "truncated FITS")
+
+
+def test_csv_with_malformed_array_cell(tmp_path):
+    good = tmp_path / "good.csv"
+    write_table(synthetic_continuous(n=3, correlations=False), str(good))
+    lines = good.read_text().splitlines()
+    lines[2] = lines[2].replace(", ", ", x", 1)  # a non-number inside an array, line 3
+    src, out = tmp_path / "bad.csv", tmp_path / "out.fits"
+    src.write_text("\n".join(lines) + "\n")
+    assert_clean_failure(run("sample", src, "-o", out), out, str(src), "line 3",
+                         "malformed array cell")
+
+
+def test_csv_with_unclosed_array_cell(tmp_path):
+    src, out = tmp_path / "bad.csv", tmp_path / "out.fits"
+    src.write_text('source_id,bp_coefficients\n1,"(1.0, 2.0"\n')
+    assert_clean_failure(run("sample", src, "-o", out), out, str(src), "line 2",
+                         "malformed array cell")
+
+
+def test_missing_coefficient_columns(tmp_path):
+    t = synthetic_continuous(n=3)
+    t.remove_columns(["rp_coefficient_errors"])
+    src, out = tmp_path / "no_errors.fits", tmp_path / "out.fits"
+    write_table(t, str(src))
+    assert_clean_failure(run("sample", src, "-o", out), out, str(src),
+                         "missing column 'rp_coefficient_errors'")
+
+
+def test_no_xp_columns_at_all(tmp_path):
+    src, out = tmp_path / "plain.csv", tmp_path / "out.fits"
+    src.write_text("source_id,ra,dec\n1,10.0,20.0\n")
+    assert_clean_failure(run("sample", src, "-o", out), out, str(src),
+                         "no XP continuous spectra")
+
+
+def test_wrong_array_length(tmp_path):
+    t = synthetic_continuous(n=3, correlations=False)
+    t.columns["bp_coefficients"] = t["bp_coefficients"][:, :50]
+    src, out = tmp_path / "short.fits", tmp_path / "out.fits"
+    write_table(t, str(src))
+    assert_clean_failure(run("sample", src, "-o", out), out, str(src),
+                         "'bp_coefficients' has 50 values per row, expected 55")
+
+
+def test_nan_coefficients_are_flagged_by_default(tmp_path):
+    t = synthetic_continuous(n=4)
+    t["rp_coefficients"][2, 7] = np.nan  # corrupt, not a missing band
+    src, out = tmp_path / "nan.fits", tmp_path / "out.fits"
+    write_table(t, str(src))
+    r = run("sample", src, "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert b"first at row 2" in r.stderr and b"NaN or infinite" in r.stderr
+    o = read_table(str(out))
+    assert list(o["sample_flag"]) == [0, 0, 2, 0]
+    assert len(o) == 4 and np.isfinite(o["flux"][[0, 1, 3]]).all()
+    assert np.isnan(o["flux"][2][-50:]).all()  # RP's range is NaN, BP's alone remains
+
+
+def test_nan_coefficients_fail_with_strict(tmp_path):
+    t = synthetic_continuous(n=4)
+    t["bp_coefficients"][1, 0] = np.nan
+    src, out = tmp_path / "nan.fits", tmp_path / "out.fits"
+    write_table(t, str(src))
+    assert_clean_failure(run("sample", src, "--strict", "-o", out), out, str(src), "row 1",
+                         "NaN or infinite values in the BP coefficients")
+
+
+def test_unknown_format(tmp_path):
+    src, out = tmp_path / "data.xyz", tmp_path / "out.fits"
+    src.write_bytes(bytes(range(256)) * 4)
+    assert_clean_failure(run("sample", src, "-o", out), out, str(src), "unknown table format")
+
+
+@pytest.mark.parametrize("option", [["--format", "parquet"], ["--input-format", "xls"]])
+def test_unknown_format_option(tmp_path, continuous_fits, option):
+    out = tmp_path / "out.fits"
+    assert_clean_failure(run("sample", continuous_fits, "-o", out, *option), out,
+                         "unknown format")
+
+
+def test_unknown_output_extension(tmp_path, continuous_fits):
+    out = tmp_path / "out.dat"
+    assert_clean_failure(run("sample", continuous_fits, "-o", out), out,
+                         "cannot tell the output format")
+
+
+def test_missing_input_file(tmp_path):
+    out = tmp_path / "out.fits"
+    assert_clean_failure(run("sample", tmp_path / "nope.fits", "-o", out), out, "no such file")
+
+
+def test_verbose_adds_the_traceback(tmp_path):
+    src = tmp_path / "empty.fits"
+    src.write_bytes(b"")
+    r = run("sample", src, "-o", tmp_path / "out.fits", "--verbose")
+    assert r.returncode == 1 and b"Traceback" in r.stderr
+
+
+def test_not_implemented_commands_exit_2_and_write_nothing(tmp_path):
+    for command in ("fetch", "crossmatch", "train", "infer", "generate", "embed", "calibrate",
+                    "flag"):
+        r = run(command, "x", "-o", tmp_path / "out.fits", cwd=tmp_path)
+        assert r.returncode == 2, command
+        assert b"not implemented yet" in r.stderr
+    assert os.listdir(tmp_path) == []
