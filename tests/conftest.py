@@ -68,3 +68,31 @@ def continuous_fits(tmp_path):
     path = tmp_path / "continuous.fits"
     write_table(synthetic_continuous(missing_bp=(2,)), str(path))
     return path
+
+
+def synthetic_sampled(n=400, seed=0):
+    """Sampled spectra on GaiaXPy's default grid whose shape depends on two labels, with Gaia
+    and 2MASS photometry: enough structure for a tiny model to learn something."""
+    rng = np.random.default_rng(seed)
+    grid = np.arange(336.0, 1021.0, 2.0)
+    teff = rng.uniform(3800, 6500, n)
+    logg = rng.uniform(1.0, 4.8, n)
+    g = rng.uniform(9, 15, n)
+    peak = 2.9e6 / teff                                   # Wien, nm
+    shape = np.exp(-0.5 * ((grid[None] - peak[:, None]) / 250.0) ** 2)
+    shape *= 1 - 0.05 * (logg[:, None] - 3) * np.exp(-0.5 * ((grid - 390) / 15) ** 2)
+    flux = shape * 1e-16 * 10 ** (-0.4 * (g[:, None] - 12))
+    t = Table(meta={"WAVEMIN": 336.0, "WAVEMAX": 1020.0})
+    t.add_column("source_id", rng.integers(1, 2**60, n, dtype=np.int64))
+    t.add_column("flux", flux * (1 + 0.002 * rng.normal(size=flux.shape)))
+    t.add_column("flux_error", 0.002 * flux)
+    t.add_column("phot_g_mean_mag", g.astype(np.float32))
+    t.add_column("phot_bp_mean_mag", (g + 0.3 + 2000 / teff).astype(np.float32))
+    t.add_column("phot_rp_mean_mag", (g - 0.5 - 1000 / teff).astype(np.float32))
+    for band, offset in (("j_m", 1.2), ("h_m", 1.6), ("ks_m", 1.7)):
+        t.add_column(band, (g - offset - 3000 / teff).astype(np.float32))
+    t.add_column("teff", teff.astype(np.float32))
+    t.add_column("teff_err", np.full(n, 50.0, np.float32))
+    t.add_column("logg", logg.astype(np.float32))
+    t.add_column("logg_err", np.full(n, 0.05, np.float32))
+    return t

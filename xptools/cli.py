@@ -172,6 +172,80 @@ def info(
     describe(input, input_format, as_json)
 
 
+@app.command()
+@handles_errors("train")
+def train(
+    train_file: str = typer.Argument(..., metavar="TRAIN",
+                                     help="Table of XP spectra (sampled or coefficients) with "
+                                          "label columns."),
+    output: str = typer.Option(..., "-o", "--output", help="Model directory to write."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model kind: msa (default)."),
+    labels: Optional[str] = typer.Option(None, "--labels",
+                                         help="Label columns, e.g. teff,logg,fe_h,alpha_m."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="JSON file of settings "
+                                         "(features, hyperparameters, labels, seed)."),
+    valid: Optional[str] = typer.Option(None, "--valid", help="Table with labels for the "
+                                        "final validation report."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from "
+                                "its checkpoints (in OUTPUT.partial/)."),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", min=0,
+                                         help="Checkpoint every N steps (and every epoch)."),
+    input_format: Optional[str] = INPUT_FORMAT,
+    overwrite: bool = OVERWRITE,
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Train a model from a table with labels; prints the validation report."""
+    import torch
+
+    from xptools.train import run_train
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    run_train(model, train_file, output,
+              labels=[l.strip() for l in labels.split(",") if l.strip()] if labels else None,
+              recipe_path=recipe, valid_path=valid, seed=seed, resume=resume,
+              overwrite=overwrite, checkpoint_every=checkpoint_every,
+              input_format=input_format, quiet=quiet)
+
+
+@app.command()
+@handles_errors("infer")
+def infer(
+    input: str = typer.Argument(..., help="Table of XP spectra, sampled or coefficients "
+                                "('-' for stdin)."),
+    output: str = OUTPUT,
+    model: Optional[str] = typer.Option(None, "--model", help="Model directory (default: "
+                                        "the shipped msa-apogee model)."),
+    prefix: Optional[str] = typer.Option(None, "--prefix", help="Prefix for the new columns "
+                                         "(e.g. msa gives msa_teff, ...)."),
+    chunk_rows: int = typer.Option(20_000, "--chunk-rows", min=1, help="Rows per chunk."),
+    format: Optional[str] = FORMAT,
+    input_format: Optional[str] = INPUT_FORMAT,
+    overwrite: bool = OVERWRITE,
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Stellar labels with uncertainties (and infer_flag) for every row; columns pass through."""
+    import torch
+
+    from xptools import models
+    from xptools.infer import run_infer
+    from xptools.io import TableWriter, open_table
+    from xptools.progress import print_warning
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    with TableWriter(output, format, overwrite, write_behind=True) as out, \
+            open_table(input, input_format) as src:
+        loaded = models.load(model or models.default_path("infer"))
+        if not hasattr(loaded, "predict"):
+            raise UserError(f"{model}: a {loaded.kind} model does not predict labels")
+        counts = run_infer(src, out, loaded, prefix=prefix, chunk_rows=chunk_rows, quiet=quiet)
+    if counts["unusable"] and not quiet:
+        print_warning(f"{counts['unusable']} of {counts['rows']} rows had nothing to predict "
+                      f"from: NaN labels, see infer_flag")
+
+
 def _not_yet(name: str, summary: str, issue: str):
     @handles_errors(name)
     def command(ctx: typer.Context) -> None:
@@ -185,8 +259,6 @@ def _not_yet(name: str, summary: str, issue: str):
 _not_yet("fetch", "XP spectra and Gaia columns from the Gaia archive or its bulk files.",
          "issue 3")
 _not_yet("crossmatch", "Attach other catalogues by id or sky position.", "issue 4")
-_not_yet("train", "Train a model from a table with labels.", "issue 5")
-_not_yet("infer", "Stellar labels with uncertainties from XP spectra.", "issue 5")
 _not_yet("generate", "Spectra from labels or latents.", "issue 6")
 _not_yet("embed", "Latent embeddings of spectra.", "issue 6")
 _not_yet("calibrate", "Calibrate model uncertainties and offsets against reference labels.",

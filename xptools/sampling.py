@@ -112,11 +112,12 @@ class Sampler:
     BLOCK_ROWS = 256
 
     def __init__(self, basis: Basis, bands: tuple[str, ...] = BANDS, truncate: bool = False,
-                 covariance: bool = False, threads: int | None = None):
+                 covariance: bool = False, threads: int | None = None, errors: bool = True):
         self.basis = basis
         self.bands = bands
         self.truncate = truncate
         self.covariance = covariance
+        self.errors = errors or covariance  # errors=False: flux only, much faster
         self.threads = threads or os.cpu_count() or 1
         if basis.internal:
             self._matrices = {("design", b): _Matrix.of(m, True) for b, m in basis.design.items()}
@@ -169,14 +170,17 @@ class Sampler:
         flops = 0.0
         for band, matrix in parts:
             cols, width = matrix.columns, matrix.design.shape[1]
+            product = buf["product"][:n, :width]
+            flux[:, cols] += np.matmul(band.coefficients[rows], matrix.design, out=product)
+            flops += 2.0 * n * matrix.design.size
+            if not self.errors:
+                continue
             correlations = None if band.correlations is None else band.correlations[rows]
             errors = band.errors[rows]
             squares, off = variance_weights(errors, correlations, buf["off"][:n],
                                             buf["tmp"][:n])
-            product = buf["product"][:n, :width]
-            flux[:, cols] += np.matmul(band.coefficients[rows], matrix.design, out=product)
             var[:, cols] += np.matmul(squares, matrix.squares, out=product)
-            flops += 2.0 * n * (matrix.design.size + matrix.squares.size)
+            flops += 2.0 * n * matrix.squares.size
             if off is not None:
                 var[:, cols] += np.matmul(off, matrix.products, out=product)
                 flops += 2.0 * n * matrix.products.size
@@ -184,10 +188,11 @@ class Sampler:
                 g = errors[:, :, None] * matrix.design[None]  # s_k D_km
                 rho = correlation_matrices(correlations, n)
                 cov[:, cols, cols] += np.transpose(g, (0, 2, 1)) @ (rho @ g)
-        np.maximum(var, 0.0, out=var)
         out_flux, out_error, out_cov = outputs
         out_flux[rows] = flux
-        out_error[rows] = np.sqrt(var, out=var)
+        if out_error is not None:
+            np.maximum(var, 0.0, out=var)
+            out_error[rows] = np.sqrt(var, out=var)
         if cov is not None:
             out_cov[rows] = cov
         return flops
@@ -218,7 +223,8 @@ class Sampler:
         for name, mask, parts in groups:
             if name not in out:
                 out[name] = np.empty((n, m))
-                out[name + "_error"] = np.empty((n, m))
+                if self.errors:
+                    out[name + "_error"] = np.empty((n, m))
                 if self.covariance:
                     out[name + "_covariance"] = np.empty((n, m, m))
                 covered[name] = np.zeros(n, bool)
@@ -227,7 +233,7 @@ class Sampler:
             if not len(rows):
                 continue
             block_parts = [(used[b], self._matrices[key]) for b, key in parts]
-            outputs = [out[name], out[name + "_error"], out.get(name + "_covariance")]
+            outputs = [out[name], out.get(name + "_error"), out.get(name + "_covariance")]
             step = max(1, self.BLOCK_ROWS // (m if self.covariance else 1))
             for i in range(0, len(rows), step):
                 # all rows in the group: slices, i.e. views instead of copies

@@ -1,0 +1,210 @@
+"""The model framework (model directories, training loop, resume) and train/infer with the
+Masked Stellar Autoencoder, on tiny models that train in seconds."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import run, synthetic_sampled
+from xptools.io import read_table, write_table
+
+TINY = {"labels": ["teff", "logg"],
+        "hyperparameters": {"members": 2, "pretrain_epochs": 2, "finetune_epochs": 3,
+                            "widths": [48], "latent": 12, "head_width": 24, "frequencies": 3,
+                            "batch_size": 64, "patience": 50}}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    write_table(synthetic_sampled(400, seed=1), str(d / "train.fits"))
+    write_table(synthetic_sampled(120, seed=2), str(d / "valid.fits"))
+    (d / "tiny.json").write_text(json.dumps(TINY))
+    return d
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    out = data / "model"
+    r = run("train", data / "train.fits", "--recipe", data / "tiny.json", "--valid",
+            data / "valid.fits", "-o", out, "--quiet")
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"| all | teff |" in r.stdout  # the validation report
+    return out
+
+
+def test_model_directory(model):
+    assert sorted(os.listdir(model)) == ["card.md", "config.json", "validation.json",
+                                         "weights.safetensors"]
+    config = json.loads((model / "config.json").read_text())
+    assert config["kind"] == "msa" and config["labels"] == ["teff", "logg"]
+    assert len(config["features"]["median"]) == len(config["features"]["wavelengths"]) + 5
+    assert config["provenance"]["seed"] == 0 and config["provenance"]["train_rows"] > 300
+    report = json.loads((model / "validation.json").read_text())
+    assert report["all"]["teff"]["n"] == 120
+    card = (model / "card.md").read_text()
+    assert "## Validation" in card and "## Known limits" in card
+    assert not os.path.exists(str(model) + ".partial")  # checkpoints are cleaned up
+
+
+def test_model_learns_something(model, data):
+    """Tiny and briefly trained, but better than predicting the mean."""
+    report = json.loads((model / "validation.json").read_text())
+    truth = read_table(str(data / "valid.fits"))
+    assert report["all"]["teff"]["sigma_mad"] < np.std(truth["teff"])
+
+
+def test_infer_adds_labels_and_keeps_columns(model, data, tmp_path):
+    out = tmp_path / "labeled.fits"
+    r = run("infer", data / "valid.fits", "--model", model, "--prefix", "msa", "-o", out)
+    assert r.returncode == 0, r.stderr.decode()
+    t, src = read_table(str(out)), read_table(str(data / "valid.fits"))
+    for name in src.colnames:
+        np.testing.assert_array_equal(t[name], src[name])
+    for label in ("teff", "logg"):
+        for suffix in ("", "_error", "_q16", "_q84"):
+            assert f"msa_{label}{suffix}" in t
+        assert np.all(t[f"msa_{label}_q16"] <= t[f"msa_{label}"])
+        assert np.all(t[f"msa_{label}"] <= t[f"msa_{label}_q84"])
+        assert np.all(t[f"msa_{label}_error"] > 0)
+    assert t.info["msa_teff"].unit == "K"
+    assert t.meta["XPTMKIND"] == "msa" and len(t.meta["XPTMSUM"]) == 16
+    assert "msa_infer_flag" in t
+
+
+def test_infer_refuses_to_overwrite_label_columns(model, data, tmp_path):
+    out = tmp_path / "labeled.fits"
+    r = run("infer", data / "valid.fits", "--model", model, "-o", out)
+    assert r.returncode == 1
+    assert b"already has a column 'teff'; give --prefix" in r.stderr
+    assert not out.exists()
+
+
+def test_infer_robustness_and_flags(model, data, tmp_path):
+    t = read_table(str(data / "valid.fits")).rows(slice(0, 6))
+    t.remove_columns(["teff", "logg", "teff_err", "logg_err"])
+    grid = np.arange(336.0, 1021.0, 2.0)
+    t["flux"][1, 10:20] = np.nan                       # a few NaN samples
+    t["flux"][2, grid < 640] = np.nan                  # BP half missing
+    for c in ("j_m", "h_m", "ks_m"):                   # 2MASS missing in row 3
+        t[c][3] = np.nan
+    t["flux"][4] = np.nan                              # no XP at all (photometry only)
+    t["flux"][5] = np.nan                              # nothing usable at all
+    for c in ("phot_g_mean_mag", "phot_bp_mean_mag", "phot_rp_mean_mag", "j_m", "h_m", "ks_m"):
+        t[c][5] = np.nan
+    src, out = tmp_path / "odd.fits", tmp_path / "out.fits"
+    write_table(t, str(src))
+    r = run("infer", src, "--model", model, "-o", out)
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"1 of 6 rows had nothing to predict from" in r.stderr
+    o = read_table(str(out))
+    flags = o["infer_flag"]
+    assert flags[0] & 3 == 0
+    assert flags[1] & 2 and flags[2] & 2                          # partial XP
+    assert flags[3] & 8                                           # partial photometry
+    assert flags[4] & 1 and np.isfinite(o["teff"][4])             # labels from photometry
+    assert flags[5] & 64 and np.isnan(o["teff"][5])               # NaN + flag, not a crash
+    assert np.isfinite(o["teff"][:5]).all()
+    assert o["teff_error"][4] > o["teff_error"][0]                # less input, wider errors
+
+
+def test_infer_needs_the_default_grid(model, data, tmp_path):
+    t = read_table(str(data / "valid.fits")).rows(slice(0, 3))
+    t.columns["flux"] = t["flux"][:, :100]
+    t.columns["flux_error"] = t["flux_error"][:, :100]
+    t.meta.update({"WAVEMIN": 336.0, "WAVEMAX": 534.0})
+    t.remove_columns(["teff", "logg"])
+    src = tmp_path / "short.fits"
+    write_table(t, str(src))
+    r = run("infer", src, "--model", model, "-o", tmp_path / "out.fits")
+    assert r.returncode == 1 and b"which the model needs" in r.stderr
+
+
+def _weights(path):
+    from safetensors.numpy import load_file
+
+    return load_file(os.path.join(path, "weights.safetensors"))
+
+
+def test_same_seed_same_model(model, data, tmp_path):
+    again = tmp_path / "again"
+    r = run("train", data / "train.fits", "--recipe", data / "tiny.json", "-o", again,
+            "--quiet")
+    assert r.returncode == 0, r.stderr.decode()
+    a, b = _weights(model), _weights(again)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    other = tmp_path / "other"
+    assert run("train", data / "train.fits", "--recipe", data / "tiny.json", "-o", other,
+               "--seed", "7", "--quiet").returncode == 0
+    c = _weights(other)
+    assert not all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(model, data, tmp_path):
+    recipe = dict(TINY, hyperparameters=dict(TINY["hyperparameters"], finetune_epochs=12))
+    (tmp_path / "r.json").write_text(json.dumps(recipe))
+    args = [sys.executable, "-m", "xptools", "train", str(data / "train.fits"), "--recipe",
+            str(tmp_path / "r.json"), "--checkpoint-every", "3", "--quiet"]
+    straight = tmp_path / "straight"
+    assert subprocess.run(args + ["-o", str(straight)]).returncode == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(args + ["-o", str(killed)], stderr=subprocess.DEVNULL)
+    marker = killed.parent / "killed.partial" / "checkpoints" / "finetune-0.json"
+    deadline = time.time() + 120
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not killed.exists(), "the run finished before it could be killed"
+    r = run("train", data / "train.fits", "--recipe", tmp_path / "r.json", "--checkpoint-every",
+            "3", "--quiet", "-o", killed)
+    assert r.returncode == 1 and b"--resume" in r.stderr  # no silent restart
+    r = run("train", data / "train.fits", "--recipe", tmp_path / "r.json", "--checkpoint-every",
+            "3", "--quiet", "-o", killed, "--resume")
+    assert r.returncode == 0, r.stderr.decode()
+    a, b = _weights(straight), _weights(killed)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_bad_model_directories(model, data, tmp_path):
+    import shutil
+
+    def infer_with(path):
+        r = run("infer", data / "valid.fits", "--model", path, "--prefix", "x",
+                "-o", tmp_path / "out.fits")
+        assert r.returncode == 1 and r.stderr.count(b"\n") == 1, r.stderr
+        return r.stderr.decode()
+
+    assert "no such model directory" in infer_with(tmp_path / "nothing")
+    broken = tmp_path / "broken"
+    shutil.copytree(model, broken)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps(dict(config, kind="nope")))
+    assert "unknown model kind 'nope'" in infer_with(broken)
+    (broken / "config.json").write_text("{not json")
+    assert "not valid JSON" in infer_with(broken)
+    wider = dict(config, hyperparameters=dict(config["hyperparameters"], latent=13))
+    (broken / "config.json").write_text(json.dumps(wider))
+    assert "weights do not match the config" in infer_with(broken)
+    (broken / "config.json").write_text(json.dumps(config))
+    (broken / "weights.safetensors").write_bytes(b"garbage")
+    assert "unreadable weights" in infer_with(broken)
+    os.remove(broken / "weights.safetensors")
+    assert "no weights.safetensors" in infer_with(broken)
+
+
+def test_train_input_errors(data, tmp_path):
+    r = run("train", data / "train.fits", "--labels", "teff,nope", "-o", tmp_path / "m")
+    assert r.returncode == 1 and b"no label column 'nope'" in r.stderr
+    r = run("train", data / "train.fits", "-o", tmp_path / "m")
+    assert r.returncode == 1 and b"name the labels" in r.stderr
+    r = run("train", data / "train.fits", "--model", "xgb", "--labels", "teff",
+            "-o", tmp_path / "m")
+    assert r.returncode == 1 and b"unknown model kind 'xgb'" in r.stderr
+    assert not (tmp_path / "m").exists()

@@ -1,0 +1,147 @@
+"""Trained models: a registry of model kinds, and model directories on disk.
+
+A model is a directory:
+
+    config.json          kind, format version, hyperparameters, feature spec and scalers,
+                         label names and ranges, training provenance
+    weights.safetensors  the learned tensors (safetensors: loading cannot run code)
+    card.md              data, split, validation metrics and known limits
+    validation.json      the final validation report (when trained with xptools train)
+
+`load(path)` checks the config and that the weights match what the config builds, and fails
+with one clear line otherwise. The shipped default models live in ``xptools/data/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import tempfile
+
+from xptools.errors import UserError
+
+# kind -> "module:Class"; imported only when a model of that kind is used
+REGISTRY = {
+    "msa": "xptools.models.msa:MaskedStellarAutoencoder",
+}
+CONFIG = "config.json"
+WEIGHTS = "weights.safetensors"
+CARD = "card.md"
+DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
+DEFAULTS = {"infer": "msa-apogee"}  # command -> shipped model directory name
+
+
+def model_class(kind: str):
+    if kind not in REGISTRY:
+        raise UserError(f"unknown model kind {kind!r} (known: {', '.join(sorted(REGISTRY))})")
+    module, name = REGISTRY[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def default_path(command: str) -> str:
+    path = os.path.join(DATA, DEFAULTS[command])
+    if not os.path.isfile(os.path.join(path, CONFIG)):
+        raise UserError(f"the default model for {command} is not installed ({path}); "
+                        f"give --model DIR")
+    return path
+
+
+def read_config(path: str) -> dict:
+    file = os.path.join(path, CONFIG)
+    if not os.path.isdir(path):
+        raise UserError(f"{path}: no such model directory")
+    try:
+        with open(file) as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: not a model directory (no {CONFIG})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(config, dict) or "kind" not in config:
+        raise UserError(f"{file}: no model 'kind' in the config")
+    return config
+
+
+def weights_checksum(path: str) -> str:
+    h = hashlib.sha256()
+    with open(os.path.join(path, WEIGHTS), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load(path: str):
+    """The model in directory ``path`` (any registered kind)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    config = read_config(path)
+    cls = model_class(config["kind"])
+    try:
+        model = cls.from_config(config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: bad {config['kind']} config ({type(e).__name__}: {e})") from e
+    file = os.path.join(path, WEIGHTS)
+    if not os.path.isfile(file):
+        raise UserError(f"{path}: no {WEIGHTS}")
+    try:
+        tensors = load_file(file)
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{file}: unreadable weights ({e})") from e
+    model.load_tensors(tensors, file)
+    model.path = path
+    model.checksum = weights_checksum(path)
+    return model
+
+
+def check_tensors(module, tensors: dict, file: str) -> None:
+    """Load ``tensors`` into a torch module, failing clearly on any mismatch."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
+        raise UserError(f"{file}: weights do not match the config ({what}; "
+                        f"{len(missing)} missing, {len(extra)} unexpected tensors)")
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise UserError(f"{file}: weights do not match the config ({name!r} has shape "
+                            f"{tuple(tensor.shape)}, the config makes "
+                            f"{tuple(expected[name].shape)})")
+    module.load_state_dict(tensors)
+
+
+def save(model, path: str, card: str, overwrite: bool = False,
+         extra_files: dict[str, str] | None = None) -> None:
+    """Write a model directory atomically (a temporary directory renamed into place)."""
+    from safetensors.torch import save_file
+
+    if os.path.exists(path) and not overwrite:
+        raise UserError(f"{path} exists; use --overwrite to replace it")
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model is meant to be shared
+    try:
+        with open(os.path.join(tmp, CONFIG), "w") as f:
+            json.dump(model.to_config(), f, indent=1)
+        save_file({k: v.contiguous() for k, v in model.tensors().items()},
+                  os.path.join(tmp, WEIGHTS))
+        with open(os.path.join(tmp, CARD), "w") as f:
+            f.write(card)
+        for name, text in (extra_files or {}).items():
+            with open(os.path.join(tmp, name), "w") as f:
+                f.write(text)
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old.", dir=parent)
+            os.replace(path, os.path.join(old, "model"))
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
