@@ -138,6 +138,7 @@ class Hyperparameters:
     patience: int = 15
     monitor_fraction: float = 0.05
     pred_weight: float = 0.8
+    log_labels: list[str] = field(default_factory=lambda: ["teff"])  # learnt as log10
 
 
 class MaskedStellarAutoencoder:
@@ -220,6 +221,18 @@ class MaskedStellarAutoencoder:
         hide[:, n_xp:] = (torch.rand(b, f - n_xp) < h.p_hide_other) & ~anchors[None]
         return observed & ~hide
 
+    def _to_learnt(self, y: np.ndarray) -> np.ndarray:
+        """Labels as the network learns them: log10 for ``log_labels`` (e.g. Teff)."""
+        y = np.array(y, dtype=np.float64)
+        for j, label in enumerate(self.labels):
+            if label in self.hyper.log_labels:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    y[:, j] = np.where(y[:, j] > 0, np.log10(y[:, j]), np.nan)
+        return y
+
+    def _from_learnt(self, y: np.ndarray, j: int) -> np.ndarray:
+        return 10.0 ** y if self.labels[j] in self.hyper.log_labels else y
+
     def fit(self, x: np.ndarray, observed: np.ndarray, y: np.ndarray, trainer,
             monitor: np.ndarray) -> None:
         """Train on scaled features x (n, F), their observed mask, labels y (n, L; NaN where
@@ -227,10 +240,11 @@ class MaskedStellarAutoencoder:
         from xptools.train import Stage
 
         h = self.hyper
-        self.label_mean = np.nanmean(y[~monitor], axis=0).tolist()
-        self.label_std = np.nanstd(y[~monitor], axis=0).tolist()
         self.label_range = [np.nanpercentile(y[~monitor, j], [0.5, 99.5]).tolist()
                             for j in range(y.shape[1])]
+        y = self._to_learnt(y)
+        self.label_mean = np.nanmean(y[~monitor], axis=0).tolist()
+        self.label_std = np.nanstd(y[~monitor], axis=0).tolist()
         yn = (y - np.asarray(self.label_mean)) / np.asarray(self.label_std)
         data = {"x": torch.from_numpy(np.asarray(x, np.float32)),
                 "observed": torch.from_numpy(observed),
@@ -389,7 +403,11 @@ class MaskedStellarAutoencoder:
     # -- prediction -----------------------------------------------------------------------
 
     def predict(self, x: np.ndarray, observed: np.ndarray, batch: int = 8192) -> dict:
-        """Per label: median, error, q16, q84 (in label units) and a flag array."""
+        """Per label: median, error, q16, q84 (in label units) and a flag array.
+
+        The ensemble median is the mean of the members' medians; each half-width is the rms of
+        the members' half-widths in quadrature with the spread of their medians (computed in
+        the learnt scale, e.g. log10 Teff, then transformed back)."""
         if not self.networks:
             raise RuntimeError("model not trained or loaded")
         n, n_labels = len(x), len(self.labels)
@@ -411,10 +429,9 @@ class MaskedStellarAutoencoder:
         flags = np.where(usable, 0, FLAG_UNUSABLE)
         out = {}
         for j, label in enumerate(self.labels):
+            m, l, h = (self._from_learnt(v[:, j], j) for v in (median, low, high))
             lo, hi = self.label_range[j]
-            flags |= np.where(usable & ((median[:, j] < lo) | (median[:, j] > hi)),
-                              FLAG_OUT_OF_RANGE, 0)
-            out[label] = [np.where(usable, v, np.nan) for v in
-                          (median[:, j], (high[:, j] - low[:, j]) / 2, low[:, j], high[:, j])]
+            flags |= np.where(usable & ((m < lo) | (m > hi)), FLAG_OUT_OF_RANGE, 0)
+            out[label] = [np.where(usable, v, np.nan) for v in (m, (h - l) / 2, l, h)]
         out["flag"] = flags
         return out

@@ -1,0 +1,93 @@
+"""Accuracy of a label model against APOGEE on the validation split, next to an XGBoost
+baseline trained on the same training split and the same inputs.
+
+    python recipes/prepare_apogee.py            # once: recipes/work/apogee_{train,valid}.fits
+    python benchmarks/bench_accuracy.py [--model DIR] [--data recipes/work] [--skip-xgboost]
+
+The model defaults to the shipped `xptools infer` model. The baseline is one gradient-boosted
+tree model per label (xgboost, `pip install xgboost-cpu`) on the model's unscaled inputs:
+log10(flux / G flux) on its wavelength grid and the colours against G, with early stopping on
+5% of the training stars. Both are scored with the same cuts: sigma_MAD of prediction - APOGEE
+for all stars and for Teff < 7000 K, and the z-score sigma_MAD with the APOGEE errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+from xptools import models
+from xptools.io import read_table
+from xptools.metrics import sigma_mad
+from xptools.models.features import XPSource, label_array, monitor_split
+
+
+def xgboost_predictions(model, train, valid) -> np.ndarray:
+    import xgboost
+
+    spec = model.features
+
+    def inputs(table, name):
+        xp, _ = XPSource(table, name, spec)(table)
+        values, _, observed, _ = spec.raw(table, xp, None)
+        return np.where(observed, values, np.nan)
+
+    x_train, x_valid = inputs(train, "train"), inputs(valid, "valid")
+    y = label_array(train, model.labels, "train")
+    held = monitor_split(train, 0.05, 0)
+    out = np.full((len(valid), len(model.labels)), np.nan)
+    for j, label in enumerate(model.labels):
+        ok = np.isfinite(y[:, j])
+        booster = xgboost.XGBRegressor(n_estimators=3000, learning_rate=0.05, max_depth=7,
+                                       subsample=0.8, colsample_bytree=0.5, tree_method="hist",
+                                       early_stopping_rounds=100, n_jobs=os.cpu_count())
+        booster.fit(x_train[ok & ~held], y[ok & ~held, j],
+                    eval_set=[(x_train[ok & held], y[ok & held, j])], verbose=False)
+        out[:, j] = booster.predict(x_valid)
+    return out
+
+
+def main() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--data", default=os.path.join(here, "..", "recipes", "work"))
+    parser.add_argument("--skip-xgboost", action="store_true")
+    args = parser.parse_args()
+    model = models.load(args.model or models.default_path("infer"))
+    train = read_table(os.path.join(args.data, "apogee_train.fits"))
+    valid = read_table(os.path.join(args.data, "apogee_valid.fits"))
+    truth = label_array(valid, model.labels, "valid")
+    cool = truth[:, model.labels.index("teff")] < 7000 if "teff" in model.labels else None
+
+    x, observed, _ = model.inputs(valid, "valid")
+    pred = model.predict(x, observed)
+    ours = np.stack([pred[l][0] for l in model.labels], 1)
+    ours_error = np.stack([pred[l][1] for l in model.labels], 1)
+    rows = {"xptools " + os.path.basename(os.path.normpath(model.path)): ours}
+    if not args.skip_xgboost:
+        start = time.perf_counter()
+        rows["XGBoost baseline"] = xgboost_predictions(model, train, valid)
+        print(f"(XGBoost trained in {time.perf_counter() - start:.0f} s)")
+    print(f"validation: {len(valid)} stars; sigma_MAD of prediction - APOGEE "
+          f"(Teff for Teff < 7000 K, the others for all stars with the label)")
+    print(f"{'model':<28}" + "".join(f"{l:>10}" for l in model.labels))
+    for name, p in rows.items():
+        cells = []
+        for j, label in enumerate(model.labels):
+            d = p[:, j] - truth[:, j]
+            cells.append(sigma_mad(d[cool] if label == "teff" and cool is not None else d))
+        print(f"{name:<28}" + "".join(f"{c:>10.4g}" for c in cells))
+    errors = [f"{l}_err" for l in model.labels]
+    if all(e in valid for e in errors):
+        ref = np.stack([np.asarray(valid[e], float) for e in errors], 1)
+        z = (ours - truth) / np.sqrt(ours_error ** 2 + ref ** 2)
+        print(f"{'z-score sigma_MAD (xptools)':<28}" +
+              "".join(f"{sigma_mad(z[:, j]):>10.3f}" for j in range(len(model.labels))))
+
+
+if __name__ == "__main__":
+    main()
