@@ -293,6 +293,13 @@ def crossmatch(
                                                 "right positions, Julian years (with --pm)."),
     chunk_rows: Optional[int] = typer.Option(None, "--chunk-rows", min=1,
                                              help="Left rows per chunk (memory vs speed)."),
+    engine: str = typer.Option("local", "--engine", help="local: this machine (the right "
+                               "table in memory); lsdb: LSDB/HATS on Dask, for catalogues "
+                               "beyond one machine (the 'scale' extra)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="ADDRESS",
+                                            help="With --engine lsdb: the Dask scheduler to "
+                                            "run on (e.g. tcp://host:8786); default: threads "
+                                            "here."),
     format: Optional[str] = FORMAT,
     input_format: Optional[str] = typer.Option(None, "--input-format", help="Format of LEFT, "
                                                "when the extension or content does not tell."),
@@ -334,10 +341,23 @@ def crossmatch(
                   epochs=(epoch_left, epoch_right if pm else epoch_left),
                   chunk_rows=chunk_rows)
     match.check()
+    warn = (lambda m: None) if quiet else print_warning
+    if engine not in ("local", "lsdb"):
+        raise UserError(f"--engine {engine!r}: choose local or lsdb")
+    if scheduler is not None and engine != "lsdb":
+        raise UserError("--scheduler is for --engine lsdb")
+    if engine == "lsdb":
+        from xptools.crossmatch.lsdb_engine import run_lsdb
+
+        if chunk_rows is not None:
+            raise UserError("--chunk-rows is for --engine local (lsdb works by partitions)")
+        with TableWriter(output, format, overwrite) as out:
+            run_lsdb(left, right, out, match, input_format=input_format, scheduler=scheduler,
+                     quiet=quiet, warn=warn)
+        return
     with TableWriter(output, format, overwrite, write_behind=True) as out, \
             open_table(left, input_format) as src, open_table(right) as right_src:
-        run_crossmatch(src, right_src, out, match, quiet=quiet,
-                       warn=(lambda m: None) if quiet else print_warning)
+        run_crossmatch(src, right_src, out, match, quiet=quiet, warn=warn)
 
 
 def _not_yet(name: str, summary: str, issue: str):

@@ -18,26 +18,24 @@ from xptools.errors import UserError
 from xptools.io import ColumnInfo, Table
 
 
-def _null_for(data: np.ndarray, null: int | None) -> tuple[np.ndarray, int]:
-    """An integer column (widened if need be) and a value that stands for "no match" in it."""
-    if null is not None:
-        return data, null
-    info = np.iinfo(data.dtype)
-    candidate = info.min if data.dtype.kind == "i" else info.max
-    if not np.any(data == candidate):
-        return data, int(candidate)
-    wide = data.astype(np.int64)  # the sentinel is a real value here: use int64's instead
-    return wide, int(np.iinfo(np.int64).min)
-
-
-def _blank(data: np.ndarray):
+def blank_for(data: np.ndarray, null: int | None) -> tuple[np.ndarray, int | None, object]:
+    """What stands for "no match" in a column: (the column, widened if need be; its null
+    value; the blank). Integer columns get a null value if they have none (the type's most
+    negative value, or largest unsigned; int64's when that value occurs in the data)."""
     kind = data.dtype.kind
+    if kind in "iu":
+        if null is None:
+            info = np.iinfo(data.dtype)
+            null = int(info.min if kind == "i" else info.max)
+            if np.any(data == null):
+                data, null = data.astype(np.int64), int(np.iinfo(np.int64).min)
+        return data, null, null
     if kind in "fc":
-        return np.nan
+        return data, null, np.nan
     if kind in "US":
-        return "" if kind == "U" else b""
+        return data, null, "" if kind == "U" else b""
     if kind == "b":
-        return False
+        return data, null, False
     raise UserError(f"cannot leave a blank in a column of type {data.dtype}")
 
 
@@ -68,11 +66,8 @@ class RightColumns:
             taken.add(out)
             data, info = right[name], right.info[name]
             null = info.null
-            if blanks and data.dtype.kind in "iu":
-                data, null = _null_for(data, info.null)
-                self._blank[out] = null
-            elif blanks:
-                self._blank[out] = _blank(data)
+            if blanks:
+                data, null, self._blank[out] = blank_for(data, info.null)
             self.names[out] = name
             self._data[out] = data
             self._info[out] = ColumnInfo(info.unit, info.description, null)
