@@ -309,9 +309,9 @@ def crossmatch(
 ) -> None:
     """Attach another catalogue's columns, by id (--on) or by sky position (--sky).
 
-    Adds match_count (right rows that matched; 0 = none), match_flag (1 = no key, 2 = bad
-    position, 4 = no proper motion) and, for --sky, match_separation (arcsec). Left columns
-    pass through. See docs/crossmatch.md.
+    Adds match_count (0 = no match), match_flag (1 = no key, 2 = bad position,
+    4 = no proper motion) and, with --sky, match_separation (arcsec).
+    Left columns pass through. See docs/crossmatch.md.
     """
     import math
 
