@@ -19,7 +19,7 @@ a warning.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,7 +52,6 @@ class Match:
     pm: tuple[str, str] | None = None          # left pmra, pmdec columns (mas/yr)
     epochs: tuple[float, float] = (2016.0, 2016.0)  # left, right (Julian years)
     chunk_rows: int | None = None
-    keywords: dict = field(default_factory=dict)
 
     def check(self) -> None:
         if (self.on is None) == (self.radius is None):
@@ -71,10 +70,98 @@ class Match:
             raise UserError("--suffix must not be empty")
 
 
+    @property
+    def sky(self) -> bool:
+        return self.radius is not None
+
+    @property
+    def keep(self) -> str:
+        """The rule that picks among several matches."""
+        return self.rule or (choose.NEAREST if self.sky else choose.UNIQUE)
+
+
+MATCH_COLUMNS = {  # name -> description; match_separation for sky matches only
+    "match_count": "number of right rows that match this left row",
+    "match_flag": "bitmask: 1 = no key, 2 = bad position, 4 = no proper motion "
+                  "(see docs/crossmatch.md)",
+    "match_separation": "separation between the matched positions",
+}
+
+
 def _column(schema: Table, name: str, table: str, role: str) -> None:
     if name not in schema:
         shown = ", ".join(schema.colnames[:20]) + (", ..." if len(schema.colnames) > 20 else "")
         raise UserError(f"{table}: no column {name!r} ({role}); columns: {shown}")
+
+
+@dataclass
+class Plan:
+    """The columns the options name, checked against both tables before any work is done."""
+
+    brought: list[str]            # right columns that come across
+    needed: list[str]             # right columns to read: keys or positions, --best, brought
+    match_names: dict[str, str]   # match column -> its output name
+    right_names: dict[str, str]   # right column -> its output name
+
+
+def plan(match: Match, left: Table, left_name: str, right: Table, right_name: str) -> Plan:
+    """Check that the named columns exist and give every output column its name: a right or
+    match column whose name the left table has gets the suffix (see `columns`)."""
+    for name, role in ([(match.ra[0], "--ra"), (match.dec[0], "--dec"),
+                        *((c, "--pm") for c in match.pm or ())] if match.sky
+                       else [(match.on[0], "--on")]):
+        _column(left, name, left_name, role)
+    keys = [(match.ra[1], "--ra"), (match.dec[1], "--dec")] if match.sky else \
+        [(match.on[1], "--on")]
+    for name, role in keys + ([(match.best, "--best")] if match.best else []):
+        _column(right, name, right_name, role)
+    rkey = None if match.sky else match.on[1]
+    brought = match.columns if match.columns is not None else \
+        [c for c in right.colnames if c != rkey]
+    for name in brought:
+        _column(right, name, right_name, "--columns")
+    taken = set(left.colnames)
+    names: dict[str, dict[str, str]] = {"match": {}, "right": {}}
+    for kind, table_name, columns in (
+            ("match", left_name, [c for c in MATCH_COLUMNS
+                                  if match.sky or c != "match_separation"]),
+            ("right", right_name, brought)):
+        for name in columns:
+            names[kind][name] = output_name(name, taken, match.suffix, table_name)
+            taken.add(names[kind][name])
+    needed = list(dict.fromkeys([n for n, _ in keys] + ([match.best] if match.best else []) +
+                                brought))
+    return Plan(brought, needed, names["match"], names["right"])
+
+
+def keywords(match: Match, right_name: str) -> dict[str, object]:
+    """Header keywords that record the match."""
+    return {"XMRIGHT": os.path.basename(right_name.rstrip("/")), "XMHOW": match.how,
+            "XMKEEP": f"best {match.best}" if match.best else match.keep,
+            **({"XMRADIUS": float(match.radius)} if match.sky else
+               {"XMON": f"{match.on[0]}={match.on[1]}"}),
+            **({"XMEPOCHL": match.epochs[0], "XMEPOCHR": match.epochs[1]} if match.pm
+               else {})}
+
+
+def duplicates_error(right_name: str, key: str, count: int, examples) -> UserError:
+    shown = ", ".join(f"{k} ({r} rows)" for k, r in examples)
+    return UserError(f"{right_name}: {count} {key} values occur on more than one row (e.g. "
+                     f"{shown}), so a left row can match several; choose --best COL to keep "
+                     f"the one with the highest COL, or --all to keep every pair")
+
+
+def flagged_rows_warning(name: str, flag: int, count: int, first: int | None,
+                         match: Match) -> str:
+    """The warning about left rows with a flag (``first``: the first such row, if known)."""
+    where = f" (first at row {first})" if first is not None else ""
+    if flag == FLAG_NO_PROPER_MOTION:
+        return (f"{name}: {count} rows have no proper motion{where}; matched at their epoch "
+                f"{match.epochs[0]:g} position, match_flag {flag}")
+    what = f"no {match.on[0]!r}" if flag == FLAG_NO_KEY else "a missing or out-of-range position"
+    fate = ("kept unmatched" if match.how == "left" else
+            "left out of the inner join (--how left keeps them)")
+    return f"{name}: {count} rows have {what}{where}; unmatched, {fate}, match_flag {flag}"
 
 
 def _chunk_rows(schema: Table) -> int:
@@ -117,11 +204,7 @@ class _IdMatcher:
         if match.rule is None:
             count, examples = self.index.duplicated()
             if count:
-                shown = ", ".join(f"{k} ({r} rows)" for k, r in examples)
-                raise UserError(
-                    f"{right_name}: {count} {rkey} values occur on more than one row (e.g. "
-                    f"{shown}), so a left row can match several; choose --best COL to keep "
-                    f"the one with the highest COL, or --all to keep every pair")
+                raise duplicates_error(right_name, rkey, count, examples)
         self._key = lkey
         self._null = left.schema.info[lkey].null
         self._normalised = normalised
@@ -181,24 +264,9 @@ def run_crossmatch(src: InputTable, right_src: InputTable, out: TableWriter, mat
     """Stream ``src`` through the match with ``right_src`` into ``out``; returns the number
     of output rows."""
     match.check()
-    sky = match.radius is not None
-    rkey = match.on[1] if match.on else None
-    for name, role in ([(match.on[0], "--on")] if match.on else
-                       [(match.ra[0], "--ra"), (match.dec[0], "--dec"),
-                        *((c, "--pm") for c in match.pm or ())]):
-        _column(src.schema, name, src.name, role)
-    if match.best:
-        _column(right_src.schema, match.best, right_src.name, "--best")
-    keep_rule = match.rule or (choose.NEAREST if sky else choose.UNIQUE)
-    brought = match.columns if match.columns is not None else \
-        [c for c in right_src.schema.colnames if c != rkey]
-    for name in brought:
-        _column(right_src.schema, name, right_src.name, "--columns")
-    needed = [rkey] if rkey else [match.ra[1], match.dec[1]]
-    for name, role in zip(needed, ["--on"] if rkey else ["--ra", "--dec"]):
-        _column(right_src.schema, name, right_src.name, role)
-    needed += [c for c in [match.best, *brought] if c and c not in needed]
-    right = right_src.read(needed)
+    sky = match.sky
+    columns = plan(match, src.schema, src.name, right_src.schema, right_src.name)
+    right = right_src.read(columns.needed)
     if match.best:
         best = right[match.best]
         if best.ndim != 1 or best.dtype.kind not in "iuf":
@@ -207,28 +275,16 @@ def run_crossmatch(src: InputTable, right_src: InputTable, out: TableWriter, mat
     matcher = (_SkyMatcher if sky else _IdMatcher)(match, src, right, right_src.name)
     if matcher.valid == 0:
         what = "no rows" if len(right) == 0 else "no row with a valid " + \
-            ("position" if sky else f"{rkey!r}")
+            ("position" if sky else f"{match.on[1]!r}")
         if match.how == "inner":
             raise UserError(f"{right_src.name}: {what}, so an inner join would be empty "
                             f"(--how left keeps the left rows, unmatched)")
         warn(f"{right_src.name}: {what}; every row is unmatched (match_count = 0)")
     if matcher.unusable and matcher.valid:
         warn(f"{right_src.name}: {matcher.unusable}; they cannot match")
-
-    names = ["match_count", "match_flag"] + (["match_separation"] if sky else [])
-    taken = set(src.schema.colnames)
-    out_names = {}
-    for name in names:
-        out_names[name] = output_name(name, taken, match.suffix, src.name)
-        taken.add(out_names[name])
-    right_columns = RightColumns(right, brought, taken, match.suffix, match.how == "left",
-                                 right_src.name)
-    keywords = {"XMRIGHT": os.path.basename(right_src.name), "XMHOW": match.how,
-                "XMKEEP": f"best {match.best}" if match.best else keep_rule,
-                **({"XMRADIUS": float(match.radius)} if sky else
-                   {"XMON": f"{match.on[0]}={match.on[1]}"}),
-                **({"XMEPOCHL": match.epochs[0], "XMEPOCHR": match.epochs[1]} if match.pm
-                   else {}), **match.keywords}
+    right_columns = RightColumns(right, columns.right_names, blanks=match.how == "left")
+    header = keywords(match, right_src.name)
+    names = columns.match_names
     score = right[match.best].astype(np.float64) if match.best else None
     tally = _Tally()
     offset = written = 0
@@ -238,7 +294,7 @@ def run_crossmatch(src: InputTable, right_src: InputTable, out: TableWriter, mat
             flags = np.zeros(n, np.int16)
             left, right_rows, separation = matcher.pairs(chunk, flags)
             counts = np.bincount(left, minlength=n).astype(np.int32)
-            keep = choose.kept(keep_rule, left, score[right_rows] if score is not None
+            keep = choose.kept(match.keep, left, score[right_rows] if score is not None
                                else None)
             left, right_rows = left[keep], right_rows[keep]
             separation = separation[keep] if sky else None
@@ -252,34 +308,17 @@ def run_crossmatch(src: InputTable, right_src: InputTable, out: TableWriter, mat
                         order]
             for flag in (FLAG_NO_KEY, FLAG_BAD_POSITION, FLAG_NO_PROPER_MOTION):
                 tally.add(flag, (flags & flag) != 0, offset)
-            table = stamp(chunk.rows(left), keywords)  # writers keep the first chunk's
+            table = stamp(chunk.rows(left), header)  # writers keep the first chunk's
             right_columns.add_to(table, right_rows)
-            table.add_column(out_names["match_count"], counts[left],
-                             description="number of right rows that match this left row")
-            table.add_column(out_names["match_flag"], flags[left],
-                             description="bitmask: 1 = no key, 2 = bad position, 4 = no "
-                                         "proper motion (see docs/crossmatch.md)")
-            if sky:
-                table.add_column(out_names["match_separation"], separation, unit="arcsec",
-                                 description="separation between the matched positions")
+            values = {"match_count": counts[left], "match_flag": flags[left],
+                      "match_separation": separation}
+            for name, out_name in names.items():
+                table.add_column(out_name, values[name], description=MATCH_COLUMNS[name],
+                                 unit="arcsec" if name == "match_separation" else None)
             out.write(table)
             written += len(table)
             offset += n
             bar.update(n)
-    _closing_warnings(tally, src.name, match, warn)
-    return written
-
-
-def _closing_warnings(tally: _Tally, name: str, match: Match, warn) -> None:
-    fate = ("kept unmatched" if match.how == "left" else
-            "left out of the inner join (--how left keeps them)")
     for flag, count in tally.counts.items():
-        first = tally.first[flag]
-        if flag == FLAG_NO_PROPER_MOTION:
-            warn(f"{name}: {count} rows have no proper motion (first at row {first}); matched "
-                 f"at their epoch {match.epochs[0]:g} position, match_flag {flag}")
-        else:
-            what = f"no {match.on[0]!r}" if flag == FLAG_NO_KEY else \
-                "a missing or out-of-range position"
-            warn(f"{name}: {count} rows have {what} (first at row {first}); unmatched, {fate}, "
-                 f"match_flag {flag}")
+        warn(flagged_rows_warning(src.name, flag, count, tally.first[flag], match))
+    return written

@@ -52,23 +52,17 @@ def output_name(name: str, taken: set[str], suffix: str, what: str) -> str:
 class RightColumns:
     """The right columns that come across, renamed, ready to be taken row by row."""
 
-    def __init__(self, right: Table, names: list[str], taken: set[str], suffix: str,
-                 blanks: bool, right_name: str):
-        """``names``: right columns to bring; ``taken``: output names already in use;
-        ``blanks``: whether rows without a match (index -1) will be asked for."""
-        self.names: dict[str, str] = {}  # output name -> right column
+    def __init__(self, right: Table, names: dict[str, str], blanks: bool):
+        """``names``: right column -> output name; ``blanks``: whether rows without a match
+        (index -1) will be asked for."""
         self._data: dict[str, np.ndarray] = {}
         self._info: dict[str, ColumnInfo] = {}
         self._blank: dict[str, object] = {}
-        taken = set(taken)
-        for name in names:
-            out = output_name(name, taken, suffix, right_name)
-            taken.add(out)
+        for name, out in names.items():
             data, info = right[name], right.info[name]
             null = info.null
             if blanks:
                 data, null, self._blank[out] = blank_for(data, info.null)
-            self.names[out] = name
             self._data[out] = data
             self._info[out] = ColumnInfo(info.unit, info.description, null)
 

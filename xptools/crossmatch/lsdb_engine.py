@@ -24,8 +24,9 @@ import os
 
 import numpy as np
 
-from xptools.crossmatch import FLAG_BAD_POSITION, FLAG_NO_KEY, Match, _column, choose
-from xptools.crossmatch.columns import blank_for, output_name
+from xptools.crossmatch import (FLAG_BAD_POSITION, FLAG_NO_KEY, MATCH_COLUMNS, Match, choose,
+                                duplicates_error, flagged_rows_warning, keywords, plan)
+from xptools.crossmatch.columns import blank_for
 from xptools.errors import NotImplementedYet, UserError
 from xptools.io import ColumnInfo, Table, TableWriter, read_table
 from xptools.progress import print_warning, progress
@@ -147,29 +148,11 @@ def run_lsdb(left_path: str, right_path: str, out: TableWriter, match: Match, *,
 class _Run:
     def __init__(self, left_path: str, right_path: str, match: Match, input_format):
         self.match = m = match
-        self.sky = m.radius is not None
+        self.sky = m.sky
         self.left, self.right = _Input(left_path, input_format), _Input(right_path, None)
-        for name, role in ([(m.ra[0], "--ra"), (m.dec[0], "--dec")] if self.sky
-                           else [(m.on[0], "--on")]):
-            _column(self.left.schema, name, self.left.name, role)
-        rkey = None if self.sky else m.on[1]
-        for name, role in ([(m.ra[1], "--ra"), (m.dec[1], "--dec")] if self.sky
-                           else [(rkey, "--on")]) + ([(m.best, "--best")] if m.best else []):
-            _column(self.right.schema, name, self.right.name, role)
-        self.brought = m.columns if m.columns is not None else \
-            [c for c in self.right.schema.colnames if c != rkey]
-        for name in self.brought:
-            _column(self.right.schema, name, self.right.name, "--columns")
-        # the local engine's names: match columns, then right columns, against the left's
-        taken = set(self.left.schema.colnames)
-        self.names = {}
-        for name in ["match_count", "match_flag"] + (["match_separation"] if self.sky else []):
-            self.names[name] = output_name(name, taken, m.suffix, self.left.name)
-            taken.add(self.names[name])
-        self.right_names = {}
-        for name in self.brought:
-            self.right_names[name] = output_name(name, taken, m.suffix, self.right.name)
-            taken.add(self.right_names[name])
+        columns = plan(m, self.left.schema, self.left.name, self.right.schema, self.right.name)
+        self.brought, self.names = columns.brought, columns.match_names
+        self.right_names, self.needed = columns.right_names, columns.needed
         self.lonely = np.zeros(0, np.int64)  # left rows that cannot be partitioned
         self.parts = self._sky() if self.sky else self._ids()
 
@@ -199,10 +182,8 @@ class _Run:
 
     def _sky(self):
         m = self.match
-        right_columns = list(dict.fromkeys([m.ra[1], m.dec[1], *([m.best] if m.best else []),
-                                            *self.brought]))
         # a margin wider than the radius costs little and is much faster for LSDB to build
-        right, bad = self._catalog(self.right, right_columns, m.ra[1], m.dec[1],
+        right, bad = self._catalog(self.right, self.needed, m.ra[1], m.dec[1],
                                    max(60.0, 1.1 * m.radius))
         if right is None:
             raise UserError(f"{self.right.name}: no row with a valid position")
@@ -253,9 +234,7 @@ class _Run:
             present = ~df[key].isna()
             return df, present & (df[key] != null) if null is not None else present
 
-        right_columns = list(dict.fromkeys([rkey, *([m.best] if m.best else []),
-                                            *self.brought]))
-        r, present = frame(self.right, right_columns, rkey)
+        r, present = frame(self.right, self.needed, rkey)
         r = r[present]
         r = r.assign(**{_KEY: r[rkey], _RIGHT_ROW: 1})
         r[_RIGHT_ROW] = r[_RIGHT_ROW].cumsum()  # file order, for ties
@@ -265,11 +244,7 @@ class _Run:
             duplicated = sizes[sizes > 1]
             n = int(duplicated.shape[0].compute())
             if n:
-                shown = ", ".join(f"{k} ({v} rows)" for k, v in duplicated.head(3).items())
-                raise UserError(f"{self.right.name}: {n} {rkey} values occur on more than one "
-                                f"row (e.g. {shown}), so a left row can match several; choose "
-                                f"--best COL to keep the one with the highest COL, or --all "
-                                f"to keep every pair")
+                raise duplicates_error(self.right.name, rkey, n, duplicated.head(3).items())
         if m.rule == choose.BEST:
             best = m.best
 
@@ -305,35 +280,26 @@ class _Run:
             data, null, blanks[out_name] = blank_for(source.column(name), given.null)
             like.add_column(out_name, data[:0])
             info[out_name] = ColumnInfo(given.unit, given.description, null)
-        count = self.names["match_count"]
-        like.add_column(count, np.zeros(0, np.int32))
-        info[count] = ColumnInfo(None, "number of right rows that match this left row")
-        blanks[count] = 0
-        if self.sky:
-            separation = self.names["match_separation"]
-            like.add_column(separation, np.zeros(0))
-            info[separation] = ColumnInfo("arcsec", "separation between the matched positions")
-            blanks[separation] = np.nan
+        for name, data, unit, blank in (("match_count", np.zeros(0, np.int32), None, 0),
+                                        ("match_separation", np.zeros(0), "arcsec", np.nan)):
+            if name in self.names:
+                like.add_column(self.names[name], data)
+                info[self.names[name]] = ColumnInfo(unit, MATCH_COLUMNS[name])
+                blanks[self.names[name]] = blank
         return like, info, blanks
 
-    def _finish(self, table: Table, flags: np.ndarray, keywords: dict) -> Table:
+    def _finish(self, table: Table, flags: np.ndarray, header: dict) -> Table:
         """Add match_flag and put the columns in the local engine's order."""
-        table.add_column(self.names["match_flag"], flags, description="bitmask: 1 = no key, "
-                         "2 = bad position (see docs/crossmatch.md)")
+        table.add_column(self.names["match_flag"], flags,
+                         description=MATCH_COLUMNS["match_flag"])
         tail = [self.names[n] for n in ("match_count", "match_flag", "match_separation")
                 if n in self.names]
-        return stamp(table.select([c for c in table.colnames if c not in tail] + tail),
-                     keywords)
+        return stamp(table.select([c for c in table.colnames if c not in tail] + tail), header)
 
     def write(self, out: TableWriter, dask, quiet: bool, warn) -> int:
         m = self.match
         like, info, blanks = self._layout()
-        keywords = {"XMRIGHT": os.path.basename(self.right.name.rstrip("/")),
-                    "XMHOW": m.how, "XMENGINE": "lsdb",
-                    "XMKEEP": f"best {m.best}" if m.best else
-                    (m.rule or (choose.NEAREST if self.sky else choose.UNIQUE)),
-                    **({"XMRADIUS": float(m.radius)} if self.sky else
-                       {"XMON": f"{m.on[0]}={m.on[1]}"})}
+        header = {**keywords(m, self.right.name), "XMENGINE": "lsdb"}
         if self.sky and len(self.right_bad):
             warn(f"{self.right.name}: {len(self.right_bad)} rows have a missing or "
                  f"out-of-range position (first at row {self.right_bad[0]}); they cannot match")
@@ -346,11 +312,9 @@ class _Run:
                     flags = np.zeros(len(table), np.int16)
                     if not self.sky:
                         flags[frame[_KEY].isna().to_numpy()] |= FLAG_NO_KEY
-                    out.write(self._finish(table, flags, keywords))
+                    out.write(self._finish(table, flags, header))
                     written += len(table)
                 bar.update(min(batch, len(self.parts) - start))
-        fate = "kept unmatched" if m.how == "left" else \
-            "left out of the inner join (--how left keeps them)"
         if len(self.lonely):
             if m.how == "left":
                 rows = self.left.table.rows(self.lonely)
@@ -361,16 +325,14 @@ class _Run:
                         like[name].dtype))
                     table.info[name] = info[name]
                 out.write(self._finish(table, np.full(len(self.lonely), FLAG_BAD_POSITION,
-                                                      np.int16), keywords))
+                                                      np.int16), header))
                 written += len(table)
-            warn(f"{self.left.name}: {len(self.lonely)} rows have a missing or out-of-range "
-                 f"position (first at row {self.lonely[0]}); unmatched, {fate}, match_flag "
-                 f"{FLAG_BAD_POSITION}")
+            warn(flagged_rows_warning(self.left.name, FLAG_BAD_POSITION, len(self.lonely),
+                                      int(self.lonely[0]), m))
         if not self.sky and self.missing_keys:
-            warn(f"{self.left.name}: {self.missing_keys} rows have no {m.on[0]!r}; unmatched, "
-                 f"{fate}, match_flag {FLAG_NO_KEY}")
+            warn(flagged_rows_warning(self.left.name, FLAG_NO_KEY, self.missing_keys, None, m))
         if out.rows_written == 0:  # no partition at all: still a table, with its columns
-            out.write(self._finish(like, np.zeros(0, np.int16), keywords))
+            out.write(self._finish(like, np.zeros(0, np.int16), header))
         return written
 
 
@@ -382,7 +344,7 @@ def _sky_algorithm(match: Match, names: dict[str, str], best: str | None):
 
     from xptools.crossmatch.sky import SkyIndex, unit_vectors
 
-    rule = match.rule or choose.NEAREST
+    rule = match.keep
     count, separation = names["match_count"], names["match_separation"]
     types = {count: pd.ArrowDtype(pa.int32()), separation: pd.ArrowDtype(pa.float64())}
 
