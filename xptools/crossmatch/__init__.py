@@ -69,7 +69,6 @@ class Match:
         if not self.suffix:
             raise UserError("--suffix must not be empty")
 
-
     @property
     def sky(self) -> bool:
         return self.radius is not None
@@ -234,11 +233,12 @@ class _SkyMatcher:
         self._match = match
         self._units = {n: left.schema.info[n].unit for n in (match.ra[0], match.dec[0],
                                                                *(match.pm or ()))}
+        self._name = left.name
 
     def _values(self, chunk: Table, name: str, target: str) -> np.ndarray:
         from xptools.crossmatch.sky import in_unit
 
-        return in_unit(chunk[name], self._units[name], target, f"column {name!r}")
+        return in_unit(chunk[name], self._units[name], target, f"{self._name} column {name!r}")
 
     def pairs(self, chunk: Table, flags: np.ndarray):
         from xptools.crossmatch.sky import propagated, unit_vectors, valid_positions

@@ -214,6 +214,7 @@ class _Run:
     # --- id join ---
 
     def _ids(self):
+        import dask
         import dask.dataframe as dd
 
         from xptools.crossmatch.keys import check_kinds, key_kind
@@ -235,6 +236,10 @@ class _Run:
             return df, present & (df[key] != null) if null is not None else present
 
         r, present = frame(self.right, self.needed, rkey)
+        self.right_valid, self.right_missing = (int(v) for v in dask.compute(present.sum(),
+                                                                             (~present).sum()))
+        if self.right_valid == 0:
+            raise UserError(f"{self.right.name}: no row with a valid {rkey!r}")
         r = r[present]
         r = r.assign(**{_KEY: r[rkey], _RIGHT_ROW: 1})
         r[_RIGHT_ROW] = r[_RIGHT_ROW].cumsum()  # file order, for ties
@@ -244,7 +249,8 @@ class _Run:
             duplicated = sizes[sizes > 1]
             n = int(duplicated.shape[0].compute())
             if n:
-                raise duplicates_error(self.right.name, rkey, n, duplicated.head(3).items())
+                raise duplicates_error(self.right.name, rkey, n,
+                                       duplicated.head(3, npartitions=-1).items())
         if m.rule == choose.BEST:
             best = m.best
 
@@ -303,6 +309,9 @@ class _Run:
         if self.sky and len(self.right_bad):
             warn(f"{self.right.name}: {len(self.right_bad)} rows have a missing or "
                  f"out-of-range position (first at row {self.right_bad[0]}); they cannot match")
+        if not self.sky and self.right_missing:
+            warn(f"{self.right.name}: {self.right_missing} rows have no {m.on[1]!r}; they "
+                 f"cannot match")
         written = 0
         batch = 2 * (os.cpu_count() or 1)
         with progress(len(self.parts), "crossmatch", quiet, unit="partitions") as bar:
