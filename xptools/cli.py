@@ -248,8 +248,8 @@ def infer(
 
 def _pair(text: str, option: str) -> tuple[str, str]:
     """'COL' or 'COL=RIGHTCOL' -> (left column, right column)."""
-    left, _, right = text.partition("=")
-    if not left.strip() or (_ and not right.strip()):
+    left, equals, right = text.partition("=")
+    if not left.strip() or (equals and not right.strip()):
         raise UserError(f"{option} {text!r}: expected COL or COL=RIGHTCOL")
     return left.strip(), (right or left).strip()
 
