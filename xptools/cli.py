@@ -246,6 +246,120 @@ def infer(
                       f"from: NaN labels, see infer_flag")
 
 
+def _pair(text: str, option: str) -> tuple[str, str]:
+    """'COL' or 'COL=RIGHTCOL' -> (left column, right column)."""
+    left, equals, right = text.partition("=")
+    if not left.strip() or (equals and not right.strip()):
+        raise UserError(f"{option} {text!r}: expected COL or COL=RIGHTCOL")
+    return left.strip(), (right or left).strip()
+
+
+@app.command()
+@handles_errors("crossmatch")
+def crossmatch(
+    left: str = typer.Argument(..., help="Table to add columns to ('-' for stdin); streamed "
+                               "chunk by chunk."),
+    right: str = typer.Argument(..., help="Table whose columns are attached (APOGEE, GALAH, "
+                                "2MASS, ...); read whole into memory."),
+    output: str = OUTPUT,
+    on: Optional[str] = typer.Option(None, "--on", help="Id join on COL, or COL=RIGHTCOL when "
+                                     "the names differ (e.g. source_id=gaia_dr3_id)."),
+    sky: Optional[float] = typer.Option(None, "--sky", metavar="RADIUS_ARCSEC",
+                                        help="Sky match: right sources within this radius "
+                                        "(arcsec); adds match_separation."),
+    how: str = typer.Option("inner", "--how", help="inner: matched left rows only; left: "
+                            "every left row, unmatched ones with blanks and match_count 0."),
+    best: Optional[str] = typer.Option(None, "--best", metavar="COL", help="Of several "
+                                       "matches keep the right row with the highest COL "
+                                       "(e.g. snr)."),
+    nearest: bool = typer.Option(False, "--nearest", help="Of several matches keep the "
+                                 "nearest (the default of --sky)."),
+    all_pairs: bool = typer.Option(False, "--all", help="Keep every matching pair (a left "
+                                   "row may repeat)."),
+    columns: Optional[str] = typer.Option(None, "--columns", metavar="C1,C2,...",
+                                          help="Right columns to bring (default: all but "
+                                          "the --on key)."),
+    suffix: str = typer.Option("_r", "--suffix", help="Added to a right column whose name "
+                               "the left table already has."),
+    ra: str = typer.Option("ra", "--ra", metavar="COL[=RIGHTCOL]", help="RA columns (deg, "
+                           "or the column's unit)."),
+    dec: str = typer.Option("dec", "--dec", metavar="COL[=RIGHTCOL]", help="Dec columns."),
+    pm: bool = typer.Option(False, "--pm", help="Move the left positions by their proper "
+                            "motions (pmra, pmdec, mas/yr) from --epoch-left to --epoch-right "
+                            "before matching."),
+    epoch_left: float = typer.Option(2016.0, "--epoch-left", help="Epoch of the left "
+                                     "positions, Julian years (Gaia DR3: 2016.0)."),
+    epoch_right: Optional[float] = typer.Option(None, "--epoch-right", help="Epoch of the "
+                                                "right positions, Julian years (with --pm)."),
+    chunk_rows: Optional[int] = typer.Option(None, "--chunk-rows", min=1,
+                                             help="Left rows per chunk (memory vs speed)."),
+    engine: str = typer.Option("local", "--engine", help="local: this machine (the right "
+                               "table in memory); lsdb: LSDB/HATS on Dask, for catalogues "
+                               "beyond one machine (the 'scale' extra)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="ADDRESS",
+                                            help="With --engine lsdb: the Dask scheduler to "
+                                            "run on (e.g. tcp://host:8786); default: threads "
+                                            "here."),
+    format: Optional[str] = FORMAT,
+    input_format: Optional[str] = typer.Option(None, "--input-format", help="Format of LEFT, "
+                                               "when the extension or content does not tell."),
+    overwrite: bool = OVERWRITE,
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Attach another catalogue's columns, by id (--on) or by sky position (--sky).
+
+    Adds match_count (0 = no match), match_flag (1 = no key, 2 = bad position,
+    4 = no proper motion) and, with --sky, match_separation (arcsec).
+    Left columns pass through. See docs/crossmatch.md.
+    """
+    import math
+
+    from xptools.crossmatch import Match, run_crossmatch
+    from xptools.crossmatch.choose import ALL, BEST, NEAREST
+    from xptools.io import STDIO, TableWriter, open_table
+    from xptools.progress import print_warning
+
+    rules = [r for r, given in ((BEST, best is not None), (NEAREST, nearest), (ALL, all_pairs))
+             if given]
+    if len(rules) > 1:
+        raise UserError("give at most one of --best COL, --nearest and --all")
+    if left == STDIO and right == STDIO:
+        raise UserError("LEFT and RIGHT cannot both be '-' (stdin)")
+    if pm and epoch_right is None:
+        raise UserError("--pm needs --epoch-right (the epoch of the right positions)")
+    if not pm and epoch_right is not None:
+        raise UserError("--epoch-right is used with --pm only")
+    if sky is not None and not math.isfinite(sky):
+        raise UserError(f"--sky {sky}: the radius must be a finite number of arcsec")
+    match = Match(on=_pair(on, "--on") if on is not None else None, radius=sky,
+                  how=how.lower(), rule=rules[0] if rules else None, best=best,
+                  columns=[c.strip() for c in columns.split(",") if c.strip()]
+                  if columns is not None else None, suffix=suffix,
+                  ra=_pair(ra, "--ra"), dec=_pair(dec, "--dec"),
+                  pm=("pmra", "pmdec") if pm else None,
+                  epochs=(epoch_left, epoch_right if pm else epoch_left),
+                  chunk_rows=chunk_rows)
+    match.check()
+    warn = (lambda m: None) if quiet else print_warning
+    if engine not in ("local", "lsdb"):
+        raise UserError(f"--engine {engine!r}: choose local or lsdb")
+    if scheduler is not None and engine != "lsdb":
+        raise UserError("--scheduler is for --engine lsdb")
+    if engine == "lsdb":
+        from xptools.crossmatch.lsdb_engine import run_lsdb
+
+        if chunk_rows is not None:
+            raise UserError("--chunk-rows is for --engine local (lsdb works by partitions)")
+        with TableWriter(output, format, overwrite) as out:
+            run_lsdb(left, right, out, match, input_format=input_format, scheduler=scheduler,
+                     quiet=quiet, warn=warn)
+        return
+    with TableWriter(output, format, overwrite, write_behind=True) as out, \
+            open_table(left, input_format) as src, open_table(right) as right_src:
+        run_crossmatch(src, right_src, out, match, quiet=quiet, warn=warn)
+
+
 def _not_yet(name: str, summary: str, issue: str):
     @handles_errors(name)
     def command(ctx: typer.Context) -> None:
@@ -258,7 +372,6 @@ def _not_yet(name: str, summary: str, issue: str):
 
 _not_yet("fetch", "XP spectra and Gaia columns from the Gaia archive or its bulk files.",
          "issue 3")
-_not_yet("crossmatch", "Attach other catalogues by id or sky position.", "issue 4")
 _not_yet("generate", "Spectra from labels or latents.", "issue 6")
 _not_yet("embed", "Latent embeddings of spectra.", "issue 6")
 _not_yet("calibrate", "Calibrate model uncertainties and offsets against reference labels.",
