@@ -410,3 +410,27 @@ def test_option_errors(tmp_path, args, fragment):
     r = run("fetch", *args, "-o", tmp_path / "out.fits", "--cache", tmp_path / "cache")
     err = r.stderr.decode()
     assert r.returncode == 1 and err.count("\n") == 1 and fragment in err, err
+
+
+def test_cron_example_fetches_only_new_stars(tmp_path, continuous):
+    script = os.path.join(os.path.dirname(__file__), "..", "examples", "cron_fetch.sh")
+    ids = tmp_path / "targets.txt"
+    write_ids(ids, continuous["source_id"][:4])
+    out = tmp_path / "xp"
+    with ArchiveServer(tmp_path, continuous=continuous) as server:
+        env = dict(os.environ, XPTOOLS_DATALINK_URL=server.datalink_url,
+                   PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+        for extra in ([], [], [12345]):
+            if extra:
+                write_ids(ids, list(continuous["source_id"][:6]) + extra)
+            r = subprocess.run(["bash", script, str(ids), str(out)], env=env,
+                               capture_output=True, timeout=300)
+            assert r.returncode == 0 and not r.stderr, r.stderr.decode()
+        asked = [s.ids for s in server.served("/data-server/data")]
+    assert asked == [4, 3]        # the second night had nothing new; the third 2 stars + 12345
+    fetched = read_table(str(out / "xp_continuous.fits"))
+    sampled = read_table(str(out / "xp_sampled.fits"))
+    np.testing.assert_array_equal(fetched["source_id"], list(continuous["source_id"][:6]) + [12345])
+    assert_rows_equal(fetched, continuous.rows(slice(0, 6)), slice(0, 6))
+    np.testing.assert_array_equal(sampled["source_id"], fetched["source_id"])
+    assert list(read_table(str(out / "missing.csv"))["source_id"]) == [12345]

@@ -204,7 +204,7 @@ def fetch(
         "answer (otherwise the cache remembers them as missing)."),
     cache: Optional[str] = typer.Option(
         None, "--cache", help="Folder for downloads and finished requests, reused by later "
-        "runs [default: $XPTOOLS_CACHE/fetch, else ~/.cache/xptools/fetch]."),
+        "runs (default: $XPTOOLS_CACHE/fetch, else ~/.cache/xptools/fetch)."),
     datalink_url: str = typer.Option(
         "https://gea.esac.esa.int/data-server/data", "--datalink-url",
         envvar="XPTOOLS_DATALINK_URL", help="DataLink data endpoint (a mirror or a test "
@@ -231,7 +231,7 @@ def fetch(
 
     Every id asked for appears once, in the order asked; ids that were not found get NaN and
     fetch_flag, are counted on stderr and listed by --missing. Finished requests are kept in
-    the cache: rerunning an interrupted command continues where it stopped.
+    the cache: rerunning an interrupted command continues where it stopped. See docs/fetch.md.
     """
     from xptools.fetch import Sources, run_fetch
     from xptools.fetch.http import Http, RetryPolicy, warn_retries

@@ -74,8 +74,9 @@ def _request_from_query(tap: Tap, query: str, warn) -> Request:
 
 
 def _from_bulk(src: Sources, request: Request | None, http: Http, work: str, quiet: bool,
-               warn) -> tuple[Request, Collector]:
-    """Rows from the bulk files: those of the ids asked, or all in the HEALPix range."""
+               warn) -> tuple[Request, Collector, str]:
+    """Rows from the bulk files: those of the ids asked, or all in the HEALPix range; and a
+    line saying what was read."""
     from xptools.fetch.ids import healpix8
 
     bulk = Bulk(src.bulk, src.product, http, src.cache)
@@ -91,11 +92,12 @@ def _from_bulk(src: Sources, request: Request | None, http: Http, work: str, qui
     pieces, found = [], []
     with progress(len(needed), "bulk files", quiet, "files") as bar:
         for i, f in enumerate(needed):
-            megabytes = [0.0]
+            received = [0]
 
-            def downloaded(n: int) -> None:
-                megabytes[0] += n / 1e6
-                bar.set_postfix_str(f"{f.name}: {megabytes[0]:.0f} MB")
+            def downloaded(n: int) -> None:  # the bar shows each new megabyte
+                if (received[0] + n) >> 20 > received[0] >> 20:
+                    bar.set_postfix_str(f"{f.name}: {(received[0] + n) >> 20} MB")
+                received[0] += n
 
             path = bulk.local_path(f, downloaded)
             dest = os.path.join(work, f"bulk-{i}.ecsv")
@@ -119,7 +121,8 @@ def _from_bulk(src: Sources, request: Request | None, http: Http, work: str, qui
             for chunk in table.chunks(CHUNK_ROWS):
                 rows.add(chunk, name)
         os.remove(dest)
-    return request, rows
+    return request, rows, (f"{len(needed)} bulk files read, {bulk.downloaded} of them "
+                           f"downloaded now")
 
 
 def _joined(request: Request, columns: list[Table | None], flags: np.ndarray, offset: int,
@@ -150,13 +153,14 @@ def _joined(request: Request, columns: list[Table | None], flags: np.ndarray, of
 
 
 def _report_missing(request: Request, flags: np.ndarray, product: str, origin: str,
-                    missing: TableWriter | None) -> None:
-    """Count the ids not found on stderr (always, --quiet or not) and list them."""
+                    missing: TableWriter | None, quiet: bool) -> None:
+    """Count the ids not found on stderr and list them in the report; the count is printed
+    even with --quiet unless the report records it."""
     labels = {FLAG_NO_SPECTRUM: product, FLAG_NO_COLUMNS: "gaia_source"}
     n = len(flags)
     for bit, label in labels.items():
         k = int(np.count_nonzero(flags & bit))
-        if k:
+        if k and not (quiet and missing is not None):
             where = f"; listed in {missing.path}" if missing is not None else \
                 "; --missing FILE lists them"
             print(f"xptools fetch: {k} of {n} ids have no {label} at {origin} "
@@ -171,8 +175,8 @@ def _report_missing(request: Request, flags: np.ndarray, product: str, origin: s
 
 
 def run_fetch(src: Sources, out: TableWriter, missing: TableWriter | None, http: Http,
-              quiet: bool, warn) -> tuple[int, int]:
-    """Fetch everything, write the table and the missing report; returns (ids, not found)."""
+              quiet: bool, warn) -> None:
+    """Fetch everything; write the table, and the missing report."""
     origin = src.bulk or src.datalink_url
     tap = Tap(src.tap_url, http, src.cache) if (src.query or src.columns) else None
     with WorkFolder(src.cache) as work:
@@ -183,10 +187,13 @@ def run_fetch(src: Sources, out: TableWriter, missing: TableWriter | None, http:
         else:
             request = None
         if src.bulk:
-            request, spectra = _from_bulk(src, request, http, work, quiet, warn)
+            request, spectra, done = _from_bulk(src, request, http, work, quiet, warn)
         else:
             datalink = DataLink(src.datalink_url, src.product, http, src.cache, work)
-            datalink.fetch(request.ids, src.batch_size, src.retry_missing, quiet)
+            requests, asked = datalink.fetch(request.ids, src.batch_size, src.retry_missing,
+                                             quiet)
+            done = (f"{asked} asked from DataLink in {requests} requests, "
+                    f"{len(request.ids) - asked} answered by earlier runs")
             spectra = Collector(request.ids, work, "xp")
             for label, table in datalink.answers(request.ids):
                 spectra.add(table, label)
@@ -213,5 +220,6 @@ def run_fetch(src: Sources, out: TableWriter, missing: TableWriter | None, http:
                                   keywords))
                 offset += n
                 bar.update(n)
-    _report_missing(request, flags, src.product, origin, missing)
-    return len(request.ids), int(np.count_nonzero(flags))
+    if not quiet:
+        print(f"xptools fetch: {len(request.ids)} ids; {done}", file=sys.stderr)
+    _report_missing(request, flags, src.product, origin, missing, quiet)

@@ -81,6 +81,7 @@ class Bulk:
         self.location = location if not self.remote or location.endswith("/") else location + "/"
         self.product = product
         self.http = http
+        self.downloaded = 0   # files downloaded by this run (the others came from the cache)
         if not self.remote and not os.path.isdir(location):
             raise UserError(f"--bulk {location}: no such folder (give a folder of bulk files "
                             f"or a URL)")
@@ -140,7 +141,8 @@ class Bulk:
                 if s.read().strip() == f.md5:
                     return path
         part = path + ".part"
-        for attempt in (1, 2):
+        self.downloaded += 1
+        for _ in range(2):
             self.http.download(self.location + f.name, part, progress)
             got = _md5(part)
             if got == f.md5:

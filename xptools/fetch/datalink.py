@@ -91,8 +91,8 @@ class DataLink:
         self.store = BatchStore(path, ".zip")
 
     def fetch(self, ids: np.ndarray, batch_size: int, again_unanswered: bool,
-              quiet: bool) -> int:
-        """Ask for every id the cache has no answer to yet; returns the number of requests."""
+              quiet: bool) -> tuple[int, int]:
+        """Ask for every id the cache has no answer to yet; returns (requests, ids asked)."""
         todo = self.store.pending(ids, again_unanswered)
         batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
         rows = 0
@@ -101,7 +101,7 @@ class DataLink:
                 rows += self._request(batch)
                 bar.update(1)
                 bar.set_postfix_str(f"{rows} rows")
-        return len(batches)
+        return len(batches), len(todo)
 
     def _request(self, batch: np.ndarray) -> int:
         name, tmp = self.store.new_batch(batch)

@@ -109,8 +109,8 @@ class Http:
                 return once()
             except TransientError as e:
                 error, retry_after = e, e.retry_after
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                    urllib3.exceptions.HTTPError, OSError) as e:
+            except (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError,
+                    TimeoutError) as e:  # not other OSErrors: a full disk is no network fault
                 error, retry_after = _describe(e), None
             failures = 1 if resumable and self.received > before else failures + 1
             self.wait(failures, what, error, retry_after)
@@ -250,9 +250,9 @@ def _describe(error: BaseException) -> str:
 
 def retrying_session(http: Http):
     """A requests.Session for libraries (pyvo) whose requests should follow the retry policy:
-    connection errors, timeouts and retryable statuses are tried again; the final answer or
-    error is the library's to handle. Bodies the library reads later are not covered: the
-    caller tries the whole operation again for those."""
+    connection errors, timeouts and retryable statuses are tried again, and the last failure
+    is a UserError. Bodies the library reads later are not covered: the caller tries the whole
+    operation again for those."""
     import requests
 
     class RetryingSession(requests.Session):
@@ -269,7 +269,7 @@ def retrying_session(http: Http):
                     failures += 1
                     http.wait(failures, url, _describe(e), None)
                     continue
-                if not _retryable(response.status_code) or failures >= http.policy.retries:
+                if not _retryable(response.status_code):
                     return response
                 failures += 1
                 response.close()
