@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from archive_server import (ArchiveServer, Faults, bulk_sources,  # noqa: E402
-                            full_schema_sources, repeated, write_bulk_folder)
+                            full_schema_sources, kill_when_held, repeated, write_bulk_folder)
 
 SHARED = os.environ.get("XPTOOLS_SHARED_DATA", os.path.join(HERE, "..", "..", "shared", "data"))
 FAST = ["--backoff", "0.01", "--retries", "20"]
@@ -86,17 +85,11 @@ def interrupted_bulk(work: str, folder: str, names: list[str]) -> None:
                 "--timeout", "60"]
         held = sizes[names[7]] // 2
         server.hold(f"/bulk/xp/{names[7]}", held)
-        first = subprocess.Popen([sys.executable, "-m", "xptools", *args],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        server.held.wait(120)
-        part = os.path.join(cache, "bulk", os.listdir(os.path.join(cache, "bulk"))[0],
-                            names[7] + ".part")
-        deadline = time.monotonic() + 60
-        while not (os.path.exists(part) and os.path.getsize(part) == held) \
-                and time.monotonic() < deadline:
-            time.sleep(0.05)
-        first.send_signal(signal.SIGKILL)
-        first.wait()
+        part = lambda: os.path.join(cache, "bulk", os.listdir(os.path.join(cache, "bulk"))[0],
+                                    names[7] + ".part")
+        if not kill_when_held(server, args, lambda: os.path.exists(part())
+                              and os.path.getsize(part()) == held):
+            sys.exit("the 8th file was never asked for")
         run1 = [s for s in server.served("/bulk/") if s.path.endswith(".csv.gz")]
         xptools(*args)
         run2 = [s for s in server.served("/bulk/") if s.path.endswith(".csv.gz")][len(run1):]

@@ -22,7 +22,9 @@ import io
 import os
 import random
 import re
-import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -507,3 +509,21 @@ def write_bulk_folder(table: Table, folder: str, files: int,
     with open(os.path.join(folder, "_MD5SUM.txt"), "w") as f:
         f.writelines(sums)
     return names
+
+
+def kill_when_held(server: ArchiveServer, args, written=lambda: True, wait: float = 120.0) -> bool:
+    """Run ``python -m xptools ARGS`` and kill it (SIGKILL) once the server has sent a held
+    answer (`ArchiveServer.hold`) and ``written()`` says the client stored what it received;
+    returns whether both happened within ``wait`` seconds."""
+    process = subprocess.Popen([sys.executable, "-m", "xptools", *map(str, args)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + wait
+        happened = server.held.wait(wait)
+        while happened and not written():
+            happened = time.monotonic() < deadline
+            time.sleep(0.05)
+        return happened
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()

@@ -3,16 +3,14 @@ answers in the archive's formats, built from the real DR3 data in ../shared/data
 faults. Every test checks the content of what was written, not only the exit code."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from archive_server import (ArchiveServer, Faults, bulk_sources, full_schema_sources, repeated,
-                            write_bulk_folder)
+from archive_server import (ArchiveServer, Faults, bulk_sources, full_schema_sources,
+                            kill_when_held, repeated, write_bulk_folder)
 from conftest import run
 from test_sample import FLUX_RTOL, ERROR_RTOL, max_relative, reference
 from xptools.io import read_table, write_table
@@ -110,11 +108,7 @@ def test_interrupted_datalink_fetch_resumes_at_batch_level(tmp_path, continuous)
         args = ["fetch", "--ids", id_file, "--datalink-url", server.datalink_url, "-o", out,
                 "--batch-size", "200", "--cache", cache, "--timeout", "60"]
         server.hold("/data-server/data", nbytes=1000, after=2)     # the third request hangs
-        first = subprocess.Popen([sys.executable, "-m", "xptools", *map(str, args)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert server.held.wait(120), "the third DataLink request never came"
-        first.send_signal(signal.SIGKILL)
-        first.wait()
+        assert kill_when_held(server, args), "the third DataLink request never came"
         assert not out.exists()
         before = server.served("/data-server/data")
         ok(run(*args))
@@ -218,16 +212,9 @@ def test_interrupted_bulk_fetch_does_not_download_finished_work_again(tmp_path, 
                 "--timeout", "60"]
         held = sizes[names[7]] // 2
         server.hold(f"/bulk/xp/{names[7]}", held)
-        first = subprocess.Popen([sys.executable, "-m", "xptools", *map(str, args)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert server.held.wait(120), "the eighth file was never asked for"
-        part = next((cache / "bulk").iterdir()) / f"{names[7]}.part"
-        deadline = time.monotonic() + 60
-        while not (part.exists() and part.stat().st_size == held) and time.monotonic() < deadline:
-            time.sleep(0.05)       # the bytes sent before the hang reach the file
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-        assert part.stat().st_size == held
+        part = lambda: next((cache / "bulk").iterdir()) / f"{names[7]}.part"
+        assert kill_when_held(server, args, lambda: part().exists()
+                              and part().stat().st_size == held), "the 8th file never came"
         before = len(server.served("/bulk/"))
         ok(run(*args))
         again = [s for s in server.served("/bulk/")[before:] if s.path.endswith(".csv.gz")]
@@ -390,13 +377,16 @@ def test_malformed_id_lists_are_one_line_errors(tmp_path, text, fragment):
 def test_repeated_ids_are_fetched_and_written_once(tmp_path, continuous):
     a, b = continuous["source_id"][:2]
     id_file = tmp_path / "ids.txt"
-    id_file.write_text(f"# my stars\nsource_id\n{a}\n{b}\n\n{a}\n")
+    id_file.write_text(f"# my stars\ngaia_id\n{a}\n{b}\n\n{a}\n")
     with ArchiveServer(tmp_path, continuous=continuous) as server:
-        r = ok(fetch("--ids", "-", "--datalink-url", server.datalink_url, "-o",
-                     tmp_path / "out.fits", cache=tmp_path / "cache", stdin=id_file.read_bytes()))
+        r = ok(fetch("--ids", "-", "--id-column", "gaia_id", "--datalink-url",
+                     server.datalink_url, "-o", tmp_path / "out.fits", cache=tmp_path / "cache",
+                     stdin=id_file.read_bytes()))
         asked = [s.ids for s in server.served("/data-server/data")]
     assert asked == [2]
-    assert list(read_table(str(tmp_path / "out.fits"))["source_id"]) == [a, b]
+    t = read_table(str(tmp_path / "out.fits"))
+    assert t.colnames[:2] == ["source_id", "solution_id"]
+    assert list(t["source_id"]) == [a, b]
     assert f"e.g. {a} at line 3 and line 6" in r.stderr.decode()
 
 

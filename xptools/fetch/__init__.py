@@ -28,7 +28,7 @@ from xptools.fetch.bulk import Bulk, covering, overlapping, pixel_filter
 from xptools.fetch.collect import Collector
 from xptools.fetch.datalink import DataLink
 from xptools.fetch.http import Http
-from xptools.fetch.ids import Request, read_ids, unique_in_order
+from xptools.fetch.ids import Request, healpix8, read_ids, unique_in_order
 from xptools.fetch.store import WorkFolder
 from xptools.fetch.tap import ColumnJoin, Tap
 from xptools.io import Table, TableWriter, open_table
@@ -77,8 +77,6 @@ def _from_bulk(src: Sources, request: Request | None, http: Http, work: str, qui
                warn) -> tuple[Request, Collector, str]:
     """Rows from the bulk files: those of the ids asked, or all in the HEALPix range; and a
     line saying what was read."""
-    from xptools.fetch.ids import healpix8
-
     bulk = Bulk(src.bulk, src.product, http, src.cache)
     files = bulk.files()
     if not bulk.remote and files[0].md5 is None:
@@ -200,7 +198,7 @@ def run_fetch(src: Sources, out: TableWriter, missing: TableWriter | None, http:
         flags = np.where(spectra.found, 0, FLAG_NO_SPECTRUM).astype(np.int16)
         extra = None
         if src.columns:
-            join = ColumnJoin(tap, src.columns, work)
+            join = ColumnJoin(tap, src.columns)
             join.fetch(request.ids, quiet, src.retry_missing)
             extra = Collector(request.ids, work, "tap")
             for label, table in join.answers(request.ids):

@@ -177,4 +177,4 @@ def read_ids(path: str, id_column: str = "source_id", input_format: str | None =
     keep = unique_in_order(ids, where, warn, name)
     if table is not None and len(keep) < len(ids):
         table = table.rows(keep)
-    return Request(ids[keep], table, id_column, name)
+    return Request(ids[keep], table, id_column if table is not None else "source_id", name)

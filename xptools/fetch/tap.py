@@ -126,10 +126,9 @@ class Tap:
 class ColumnJoin:
     """gaia_source columns for lists of ids, by batches of uploaded ids, kept in the cache."""
 
-    def __init__(self, tap: Tap, columns: list[str], work: str):
+    def __init__(self, tap: Tap, columns: list[str]):
         self.tap = tap
         self.columns = columns
-        self.work = work
         settings = f"{SOURCE_TABLE}: {','.join(columns)}"
         path = folder(tap.cache, "tap", key(tap.url, settings),
                       f"xptools fetch: {settings} from {tap.url}, one VOTable per batch of ids")
