@@ -3,7 +3,7 @@ next day from cron) asks the archive only for what it has not answered yet.
 
     DIR/datalink/<endpoint key>/   one folder per (endpoint, product, parameters)
         source.txt                 what the folder holds, for people
-        <batch>.fits               the archive's answer to one request
+        <batch>.zip                the archive's answer to one request, as received
         <batch>.npz                the ids asked and the ids answered; written last, so a
                                    batch without it is unfinished and asked again
     DIR/tap/<endpoint key>/        the same for TAP column joins; query-<key>.vot for --query

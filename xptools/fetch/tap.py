@@ -55,15 +55,19 @@ def parse_columns(text: str) -> list[str]:
 
 
 def _overflowed(path: str) -> bool:
-    """Whether the result says it was cut at a row limit (INFO QUERY_STATUS=OVERFLOW)."""
+    """Whether the result says it was cut at a row limit (INFO QUERY_STATUS=OVERFLOW); an
+    unreadable result is a TransientError (the job is run again)."""
     import warnings
 
     from astropy.io.votable import parse
     from astropy.io.votable.exceptions import VOWarning
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", VOWarning)
-        votable = parse(path, verify="ignore")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", VOWarning)
+            votable = parse(path, verify="ignore")
+    except Exception as e:  # the XML parser raises many kinds
+        raise TransientError(f"unreadable TAP result ({str(e).splitlines()[0][:120]})") from e
     infos = list(votable.infos) + [i for r in votable.resources for i in r.infos]
     return any(i.name == "QUERY_STATUS" and str(i.value).upper() == "OVERFLOW" for i in infos)
 
