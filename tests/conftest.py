@@ -19,7 +19,7 @@ def basis_cache(tmp_path_factory):
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared():
     """../shared/data, or skip the test when it is absent."""
     if not os.path.isdir(SHARED):

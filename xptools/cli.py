@@ -173,6 +173,109 @@ def info(
 
 
 @app.command()
+@handles_errors("fetch")
+def fetch(
+    ids: Optional[str] = typer.Option(
+        None, "--ids", help="Source_ids to fetch: a text file (one id per line, '#' comments) "
+        "or a table (see --id-column); '-' for stdin. Other columns of a table pass through."),
+    id_column: str = typer.Option("source_id", "--id-column",
+                                  help="The table column (or text header) holding the ids."),
+    query: Optional[str] = typer.Option(
+        None, "--query", help="ADQL query whose source_id column gives the ids, run as a TAP "
+        "job (e.g. \"SELECT source_id FROM gaiadr3.gaia_source WHERE ...\"); its other "
+        "columns pass through."),
+    healpix_range: Optional[str] = typer.Option(
+        None, "--healpix-range", help="With --bulk: every source in level-8 HEALPix pixels "
+        "A-B (source_id >> 43), both included."),
+    bulk: Optional[str] = typer.Option(
+        None, "--bulk", help="Read the Gaia DR3 bulk files of this folder (URL or local path), "
+        "e.g. https://cdn.gea.esac.esa.int/Gaia/gdr3/Spectroscopy/xp_continuous_mean_spectrum/, "
+        "instead of asking DataLink."),
+    sampled: bool = typer.Option(False, "--sampled", help="XP_SAMPLED spectra (flux on "
+                                 "336..1020 nm) instead of XP_CONTINUOUS coefficients."),
+    columns: Optional[str] = typer.Option(
+        None, "--columns", help="gaiadr3.gaia_source columns to add, comma-separated "
+        "(e.g. phot_g_mean_mag,parallax), through TAP joined on the uploaded ids."),
+    missing: Optional[str] = typer.Option(
+        None, "--missing", help="Write the ids that were not found to this table (CSV unless "
+        "the extension names another format): source_id, and what is missing."),
+    retry_missing: bool = typer.Option(
+        False, "--retry-missing", help="Ask again for ids an earlier run asked without an "
+        "answer (otherwise the cache remembers them as missing)."),
+    cache: Optional[str] = typer.Option(
+        None, "--cache", help="Folder for downloads and finished requests, reused by later "
+        "runs (default: $XPTOOLS_CACHE/fetch, else ~/.cache/xptools/fetch)."),
+    datalink_url: str = typer.Option(
+        "https://gea.esac.esa.int/data-server/data", "--datalink-url",
+        envvar="XPTOOLS_DATALINK_URL", help="DataLink data endpoint (a mirror or a test "
+        "server can stand in)."),
+    tap_url: str = typer.Option("https://gea.esac.esa.int/tap-server/tap", "--tap-url",
+                                envvar="XPTOOLS_TAP_URL", help="TAP endpoint."),
+    batch_size: int = typer.Option(5000, "--batch-size", min=1, max=5000,
+                                   help="Ids per DataLink request (the archive allows 5,000)."),
+    retries: int = typer.Option(8, "--retries", min=0, help="Consecutive failures allowed per "
+                                "request before giving up."),
+    timeout: float = typer.Option(60.0, "--timeout", min=0.01, help="Seconds to wait for a "
+                                  "connection or for the next byte."),
+    backoff: float = typer.Option(1.0, "--backoff", min=0.0, help="Seconds before the first "
+                                  "retry; doubles each time (at most 60), with jitter."),
+    output: str = OUTPUT,
+    format: Optional[str] = FORMAT,
+    input_format: Optional[str] = INPUT_FORMAT,
+    overwrite: bool = OVERWRITE,
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
+) -> None:
+    """XP spectra (and gaia_source columns) for a list of stars, from the Gaia archive or its
+    bulk files.
+
+    Every id asked for appears once, in the order asked; ids that were not found get NaN and
+    fetch_flag, are counted on stderr and listed by --missing. Finished requests are kept in
+    the cache: rerunning an interrupted command continues where it stopped. See docs/fetch.md.
+    """
+    from xptools.fetch import Sources, run_fetch
+    from xptools.fetch.http import Http, RetryPolicy, warn_retries
+    from xptools.fetch.ids import parse_healpix_range
+    from xptools.fetch.store import default_cache
+    from xptools.fetch.tap import parse_columns
+    from xptools.io import TableWriter, format_from_name
+    from xptools.progress import print_warning
+
+    chosen = [name for name, value in (("--ids", ids), ("--query", query),
+                                       ("--healpix-range", healpix_range)) if value is not None]
+    if len(chosen) != 1:
+        raise UserError("give the stars with one of --ids FILE, --query ADQL or --healpix-range "
+                        "A-B" + (f" (not {' and '.join(chosen)})" if chosen else ""))
+    if healpix_range is not None and not bulk:
+        raise UserError("--healpix-range reads the bulk files: give --bulk URL_OR_DIR too")
+    if input_format and ids is None:
+        raise UserError("--input-format describes the --ids table; there is none")
+    warn = (lambda message: None) if quiet else print_warning
+    note = print_warning if verbose else None
+    sources = Sources(
+        ids=ids, id_column=id_column, input_format=input_format, query=query,
+        healpix_range=parse_healpix_range(healpix_range) if healpix_range else None,
+        bulk=bulk, product="XP_SAMPLED" if sampled else "XP_CONTINUOUS",
+        columns=parse_columns(columns) if columns else None, datalink_url=datalink_url,
+        tap_url=tap_url, cache=os.path.abspath(cache or default_cache()),
+        batch_size=batch_size, retry_missing=retry_missing)
+    http = Http(RetryPolicy(retries=retries, backoff=backoff, timeout=timeout), note)
+    writers = [TableWriter(output, format, overwrite)]
+    if missing:
+        writers.append(TableWriter(missing, None if format_from_name(missing) else "csv",
+                                   overwrite))
+    try:
+        run_fetch(sources, writers[0], writers[1] if missing else None, http, quiet, warn)
+        for writer in writers:  # the table first, then the report
+            writer.commit()
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    warn_retries(http, quiet)
+
+
+@app.command()
 @handles_errors("train")
 def train(
     train_file: str = typer.Argument(..., metavar="TRAIN",
@@ -370,8 +473,6 @@ def _not_yet(name: str, summary: str, issue: str):
                                         "ignore_unknown_options": True})(command)
 
 
-_not_yet("fetch", "XP spectra and Gaia columns from the Gaia archive or its bulk files.",
-         "issue 3")
 _not_yet("generate", "Spectra from labels or latents.", "issue 6")
 _not_yet("embed", "Latent embeddings of spectra.", "issue 6")
 _not_yet("calibrate", "Calibrate model uncertainties and offsets against reference labels.",
