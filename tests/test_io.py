@@ -193,3 +193,30 @@ def test_csv_ragged_arrays_name_the_line(tmp_path):
     path.write_text('a,x\n1,"(1, 2, 3)"\n2,"(1, 2)"\n')
     with pytest.raises(UserError, match="line 3: array has 2 values, expected 3"):
         read_table(str(path))
+
+
+@pytest.mark.parametrize("fmt", ["fits", "hdf5"])
+def test_longer_text_in_later_chunks(tmp_path, fmt):
+    path = str(tmp_path / f"t.{EXT[fmt]}")
+    with TableWriter(path) as out:
+        for names in (["abcdefghij", "cd"], ["a much longer name", "é-accented"]):
+            t = Table()
+            t.add_column("name", np.array(names))
+            out.write(t)
+    accented = "é-accented" if fmt == "hdf5" else "?-accented"  # FITS text is ASCII
+    assert list(read_table(path)["name"]) == ["abcdefghij", "cd", "a much longer name",
+                                              accented]
+    with pytest.raises(UserError, match="does not fit"):
+        with TableWriter(str(tmp_path / f"u.{EXT[fmt]}")) as out:
+            for names in (["ab"], ["x" * 40]):
+                t = Table()
+                t.add_column("name", np.array(names))
+                out.write(t)
+
+
+def test_long_history_lines_survive_fits(tmp_path):
+    t = sample_table()
+    t.history = ["x" * 30 + " " + "y" * 150 + " end", "short"]
+    path = str(tmp_path / "t.fits")
+    write_table(t, path)
+    assert read_table(path).history == t.history

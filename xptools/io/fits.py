@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from xptools.errors import UserError
-from xptools.io.table import ColumnInfo, Table
+from xptools.io.table import ColumnInfo, Table, text_bytes
 
 # Header keywords that describe the table structure rather than its content.
 _STRUCTURAL = re.compile(
@@ -24,7 +24,8 @@ _STRUCTURAL = re.compile(
     r"TUTYP\d+|TUCD\d+|DATE-HDU|STILVERS|STILCLAS|)$")
 
 
-_HISTORY_WIDTH = 72
+_HISTORY_PIECE = 70   # HISTORY text per card; longer lines continue on the next card
+_CONTINUED = "\\"    # ... marked by a trailing backslash
 _VLA_TYPES = {"D": "f8", "E": "f4", "K": "i8", "J": "i4", "I": "i2", "B": "u1", "L": "?"}
 
 
@@ -75,16 +76,17 @@ class FitsReader:
                                    unit=(header.get(f"TUNIT{i}") or None),
                                    description=(header.get(f"TCOMM{i}") or None),
                                    null=int(null) if null is not None and base.kind in "iu" else None)
-        wrapped = False
+        continued = False
         for rec in header.records():
             key = rec["name"]
-            if key == "HISTORY":  # cfitsio wraps long HISTORY text into 72-character cards
-                text = str(rec["value"])
-                if wrapped and self.schema.history:
-                    self.schema.history[-1] += text
+            if key == "HISTORY":
+                text = str(rec["value"]).rstrip()
+                piece = text[:-len(_CONTINUED)] if text.endswith(_CONTINUED) else text
+                if continued:
+                    self.schema.history[-1] += piece
                 else:
-                    self.schema.history.append(text)
-                wrapped = len(text) == _HISTORY_WIDTH
+                    self.schema.history.append(piece)
+                continued = text.endswith(_CONTINUED)
             elif key and not _STRUCTURAL.match(key) and rec.get("value") is not None:
                 self.schema.meta[key] = rec["value"]
 
@@ -227,18 +229,25 @@ class FitsWriter:
     def __init__(self, path: str):
         self.path = path
         self._fits = None
+        self._widths: dict[str, int] = {}  # text columns: bytes per value, set by the first chunk
 
     def write(self, table: Table) -> None:
         import fitsio
 
         names = table.colnames
+        columns = {}
         for n in names:
-            if table[n].dtype.kind == "O":
+            data = table[n]
+            if data.dtype.kind == "O":
                 raise UserError(f"column {n!r} holds Python objects and cannot be written to FITS")
-        rec = np.empty(len(table), dtype=[(n, _fits_dtype(table[n]), table[n].shape[1:])
+            if data.dtype.kind in "US":  # FITS text is bytes
+                data = text_bytes(n, data, self._widths.get(n), "ascii")
+                self._widths[n] = data.dtype.itemsize
+            columns[n] = data
+        rec = np.empty(len(table), dtype=[(n, columns[n].dtype, columns[n].shape[1:])
                                           for n in names])
         for n in names:
-            rec[n] = table[n]
+            rec[n] = columns[n]
         if self._fits is None:
             self._fits = fitsio.FITS(self.path, "rw", clobber=True)
             units = [table.info[n].unit or "" for n in names]
@@ -252,20 +261,18 @@ class FitsWriter:
                     hdu.write_key(f"TCOMM{i}", info.description)
             for key, value in table.meta.items():
                 hdu.write_key(key, value)
-            for line in table.history:
-                hdu.write_history(line)
+            for line in table.history:  # pieces cfitsio will not rewrap, joined when read
+                pieces = [line[i:i + _HISTORY_PIECE] for i in range(0, len(line),
+                                                                   _HISTORY_PIECE)] or [""]
+                for piece in pieces[:-1]:
+                    hdu.write_history(piece + _CONTINUED)
+                hdu.write_history(pieces[-1])
         elif len(rec):
             self._fits[-1].append(rec)
 
     def close(self) -> None:
         if self._fits is not None:
             self._fits.close()
-
-
-def _fits_dtype(a: np.ndarray) -> np.dtype:
-    if a.dtype.kind == "U":  # FITS strings are bytes
-        return np.dtype(f"S{max(a.dtype.itemsize // 4, 1)}")
-    return a.dtype
 
 
 def _first_line(e: BaseException) -> str:

@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from xptools.errors import UserError
-from xptools.io.table import Table
+from xptools.io.table import Table, text_bytes
 
 
 def _attr(value):
@@ -94,10 +94,20 @@ class Hdf5Writer:
     def __init__(self, path: str):
         self.path = path
         self._file = None
+        self._widths: dict[str, int] = {}  # text columns: bytes per value, set by the first chunk
+
+    def _storable(self, name: str, a: np.ndarray) -> np.ndarray:
+        if a.dtype.kind in "US":
+            a = text_bytes(name, a, self._widths.get(name))
+            self._widths[name] = a.dtype.itemsize
+        elif a.dtype.kind == "O":
+            raise UserError(f"column {name!r} holds Python objects and cannot be written to HDF5")
+        return a
 
     def write(self, table: Table) -> None:
         import h5py
 
+        columns = {n: self._storable(n, table[n]) for n in table.colnames}
         if self._file is None:
             self._file = h5py.File(self.path, "w")
             self._file.attrs["columns"] = json.dumps(table.colnames)
@@ -105,8 +115,7 @@ class Hdf5Writer:
                 self._file.attrs[key] = value
             if table.history:
                 self._file.attrs["HISTORY"] = table.history
-            for n in table.colnames:
-                data = _storable(table[n])
+            for n, data in columns.items():
                 cell = data.shape[1:]
                 row_bytes = max(data.dtype.itemsize * int(np.prod(cell)), 1)
                 chunk_rows = int(max(1, min(65536, (1 << 20) // row_bytes)))
@@ -119,20 +128,13 @@ class Hdf5Writer:
                     ds.attrs["description"] = info.description
                 if info.null is not None:
                     ds.attrs["null"] = int(info.null)
-        for n in table.colnames:
+        for n, data in columns.items():
             ds = self._file[n]
             old = ds.shape[0]
             ds.resize(old + len(table), axis=0)
-            ds[old:] = _storable(table[n])
+            ds[old:] = data
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
 
-
-def _storable(a: np.ndarray) -> np.ndarray:
-    if a.dtype.kind == "U":
-        return np.char.encode(a, "utf-8")
-    if a.dtype.kind == "O":
-        raise UserError("a column holds Python objects and cannot be written to HDF5")
-    return a

@@ -92,3 +92,19 @@ def concat(tables: list[Table]) -> Table:
     first = tables[0]
     columns = {n: np.concatenate([t.columns[n] for t in tables]) for n in first.colnames}
     return Table(columns, dict(first.info), dict(first.meta), list(first.history))
+
+
+def text_bytes(column: str, data: np.ndarray, width: int | None = None,
+               encoding: str = "utf-8") -> np.ndarray:
+    """Text as fixed-width bytes, for FITS (ASCII, other characters become '?') and HDF5
+    (UTF-8). A new column gets room to spare (twice its longest value, at least 16 bytes),
+    because later chunks may hold longer text; text that still does not fit is an error
+    rather than silently cut."""
+    encoded = np.char.encode(np.asarray(data, dtype=str), encoding, "replace")
+    longest = max((len(v) for v in encoded.tolist()), default=0)
+    if width is None:
+        width = max(2 * longest, 16)
+    elif longest > width:
+        raise UserError(f"column {column!r}: text of {longest} bytes in later rows does not fit "
+                        f"the {width} bytes set by the first rows; write ECSV or CSV instead")
+    return encoded.astype(f"S{width}")

@@ -118,17 +118,18 @@ def reconstruction(x: torch.Tensor, x_hat: torch.Tensor, observed: torch.Tensor)
 
 @dataclass
 class Hyperparameters:
-    frequencies: int = 8
+    frequencies: int = 5
     sigma: float = 0.5
-    widths: list[int] = field(default_factory=lambda: [384, 256])
-    latent: int = 64
-    head_width: int = 192
+    widths: list[int] = field(default_factory=lambda: [256, 160])
+    latent: int = 48
+    head_width: int = 128
     dropout: float = 0.05
-    p_hide_xp: float = 0.9
+    p_hide_xp: float = 0.9            # pretraining
+    finetune_p_hide_xp: float = 0.9   # fine-tuning (the thesis keeps the same masking)
     p_hide_other: float = 0.6
     anchors: list[str] = field(default_factory=lambda: ["phot_bp_mean_mag-G",
                                                         "phot_rp_mean_mag-G"])
-    members: int = 5
+    members: int = 4
     pretrain_epochs: int = 60
     finetune_epochs: int = 120
     batch_size: int = 256
@@ -210,14 +211,16 @@ class MaskedStellarAutoencoder:
 
     # -- training -------------------------------------------------------------------------
 
-    def _visible(self, observed: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-        """Random masking of one batch (uses torch's global RNG, seeded per step); ``anchors``
-        marks the non-XP features that are never hidden."""
+    def _visible(self, observed: torch.Tensor, anchors: torch.Tensor,
+                 p_xp: float) -> torch.Tensor:
+        """Random masking of one batch (uses torch's global RNG, seeded per step): the XP
+        group hidden with probability p_xp, the other features each with p_hide_other except
+        the ``anchors``."""
         h = self.hyper
         n_xp = self.features.n_xp
         b, f = observed.shape
         hide = torch.empty_like(observed)
-        hide[:, :n_xp] = (torch.rand(b) < h.p_hide_xp)[:, None]
+        hide[:, :n_xp] = (torch.rand(b) < p_xp)[:, None]
         hide[:, n_xp:] = (torch.rand(b, f - n_xp) < h.p_hide_other) & ~anchors[None]
         return observed & ~hide
 
@@ -258,7 +261,7 @@ class MaskedStellarAutoencoder:
         base = self._network()
 
         def reconstruct_loss(batch, training):
-            visible = (self._visible(batch["observed"], anchors) if training
+            visible = (self._visible(batch["observed"], anchors, h.p_hide_xp) if training
                        else batch["observed"])
             _, x_hat, _ = base(batch["x"], visible)
             rec = reconstruction(batch["x"], x_hat, batch["observed"])
@@ -273,8 +276,8 @@ class MaskedStellarAutoencoder:
             net.load_state_dict(base.state_dict())
 
             def finetune_loss(batch, training, net=net):
-                visible = (self._visible(batch["observed"], anchors) if training
-                       else batch["observed"])
+                visible = (self._visible(batch["observed"], anchors, h.finetune_p_hide_xp)
+                           if training else batch["observed"])
                 _, x_hat, q = net(batch["x"], visible)
                 pred = pinball(batch["y"], q, batch["known"])
                 rec = reconstruction(batch["x"], x_hat, batch["observed"])
@@ -373,7 +376,8 @@ class MaskedStellarAutoencoder:
             f"encoder widths {h.widths} -> latent {h.latent}, mirrored decoder, 5-layer "
             f"head of width {h.head_width}, dropout {h.dropout}; {n_params:,} parameters per "
             f"member",
-            f"- masking: XP group hidden with p={h.p_hide_xp}, other features with "
+            f"- masking: XP group hidden with p={h.p_hide_xp} in pretraining and "
+            f"p={h.finetune_p_hide_xp} in fine-tuning, other features with "
             f"p={h.p_hide_other}, never {', '.join(h.anchors)}",
             f"- optimiser: AdamW, weight decay {h.weight_decay}, batch {h.batch_size}, cosine "
             f"schedule with warm-up; pretraining {h.pretrain_epochs} epochs at lr {h.lr} (L1 "
