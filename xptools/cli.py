@@ -82,6 +82,17 @@ def handles_errors(command: str):
     return wrap
 
 
+def _threads() -> int:
+    """CPU threads for model commands: $XPTOOLS_THREADS, else every core."""
+    value = os.environ.get("XPTOOLS_THREADS", "")
+    if value.strip():
+        try:
+            return max(1, int(value))
+        except ValueError:
+            raise UserError(f"XPTOOLS_THREADS={value!r} is not a number of threads") from None
+    return os.cpu_count() or 1
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"xptools {__version__}")
@@ -304,7 +315,7 @@ def train(
 
     from xptools.train import run_train
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(_threads())
     run_train(model, train_file, output,
               labels=[l.strip() for l in labels.split(",") if l.strip()] if labels else None,
               recipe_path=recipe, valid_path=valid, seed=seed, resume=resume,
@@ -337,7 +348,7 @@ def infer(
     from xptools.io import TableWriter, open_table
     from xptools.progress import print_warning
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(_threads())
     with TableWriter(output, format, overwrite, write_behind=True) as out, \
             open_table(input, input_format) as src:
         loaded = models.load(model or models.default_path("infer"))
