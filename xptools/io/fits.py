@@ -226,33 +226,51 @@ def _merge(spans: dict[str, tuple[int, int]]) -> list[tuple[int, int, list[str]]
 
 
 class FitsWriter:
+    """fitsio writes the header (of an empty table); the rows are then appended as raw
+    big-endian bytes (FITS 4.0, section 7.3), which releases the GIL so that writing overlaps
+    computing, and NAXIS2 and the padding are set on close."""
+
     def __init__(self, path: str):
         self.path = path
-        self._fits = None
+        self._file = None
+        self._dtype: np.dtype | None = None  # the on-disk row layout
         self._widths: dict[str, int] = {}  # text columns: bytes per value, set by the first chunk
+        self._rows = 0
 
-    def write(self, table: Table) -> None:
-        import fitsio
-
-        names = table.colnames
+    def _records(self, table: Table) -> np.ndarray:
+        """The table as FITS rows: big-endian numbers, 'T'/'F' logicals, NUL-padded text."""
         columns = {}
-        for n in names:
+        for n in table.colnames:
             data = table[n]
             if data.dtype.kind == "O":
                 raise UserError(f"column {n!r} holds Python objects and cannot be written to FITS")
-            if data.dtype.kind in "US":  # FITS text is bytes
+            if data.dtype.kind in "US":  # FITS text is ASCII bytes
                 data = text_bytes(n, data, self._widths.get(n), "ascii")
                 self._widths[n] = data.dtype.itemsize
+            elif data.dtype.kind == "b":
+                data = np.where(data, b"T", b"F").astype("S1")
             columns[n] = data
-        rec = np.empty(len(table), dtype=[(n, columns[n].dtype, columns[n].shape[1:])
-                                          for n in names])
-        for n in names:
-            rec[n] = columns[n]
-        if self._fits is None:
-            self._fits = fitsio.FITS(self.path, "rw", clobber=True)
-            units = [table.info[n].unit or "" for n in names]
-            self._fits.write_table(rec, units=units, extname="XPTOOLS")
-            hdu = self._fits[-1]
+        dtype = np.dtype([(n, c.dtype.newbyteorder(">") if c.dtype.kind in "iuf" else c.dtype,
+                           c.shape[1:]) for n, c in columns.items()])
+        if self._dtype is not None and dtype != self._dtype:
+            raise UserError(f"{self.path}: a later chunk has other columns or types than the "
+                            f"first")
+        rec = np.empty(len(table), dtype=dtype)
+        for n, c in columns.items():
+            rec[n] = c
+        return rec
+
+    def _create(self, table: Table, rec: np.ndarray) -> None:
+        import fitsio
+
+        names = table.colnames
+        empty = np.zeros(0, dtype=[(n, np.dtype("?") if rec.dtype[n].base == np.dtype("S1")
+                                    and table[n].dtype.kind == "b" else rec.dtype[n].base,
+                                    rec.dtype[n].shape) for n in names])
+        with fitsio.FITS(self.path, "rw", clobber=True) as fits:
+            fits.write_table(empty, units=[table.info[n].unit or "" for n in names],
+                             extname="XPTOOLS")
+            hdu = fits[-1]
             for i, n in enumerate(names, start=1):
                 info = table.info[n]
                 if info.null is not None:
@@ -267,12 +285,38 @@ class FitsWriter:
                 for piece in pieces[:-1]:
                     hdu.write_history(piece + _CONTINUED)
                 hdu.write_history(pieces[-1])
-        elif len(rec):
-            self._fits[-1].append(rec)
+            offsets = hdu.get_offsets()
+            if hdu.read_header()["NAXIS1"] != rec.dtype.itemsize:
+                raise RuntimeError("fitsio laid the row out differently than expected")
+        self._header_start, self._data_start = offsets["header_start"], offsets["data_start"]
+        self._file = open(self.path, "r+b")
+        self._file.seek(self._data_start)
+        self._file.truncate()  # drop the padding of the empty table
+        self._dtype = rec.dtype
+
+    def write(self, table: Table) -> None:
+        rec = self._records(table)
+        if self._file is None:
+            self._create(table, rec)
+        self._file.write(memoryview(rec).cast("B"))
+        self._rows += len(rec)
 
     def close(self) -> None:
-        if self._fits is not None:
-            self._fits.close()
+        if self._file is None:
+            return
+        size = self._data_start + self._rows * self._dtype.itemsize
+        self._file.write(b"\0" * (-size % 2880))  # pad the data to whole FITS blocks
+        self._file.seek(self._header_start)
+        header = self._file.read(self._data_start - self._header_start)
+        for at in range(0, len(header), 80):
+            if header[at:at + 8] == b"NAXIS2  ":
+                self._file.seek(self._header_start + at + 10)
+                self._file.write(f"{self._rows:>20d}".encode())
+                break
+        else:
+            raise RuntimeError("no NAXIS2 card in the header fitsio wrote")
+        self._file.close()
+        self._file = None
 
 
 def _first_line(e: BaseException) -> str:
