@@ -73,6 +73,7 @@ class Trainer:
         self.quiet = quiet
         self.log = log or (lambda message: None)
         self.checkpoints = os.path.join(workdir, "checkpoints")  # made at the first save
+        self.seconds = 0.0  # training time of all stages run, resumed parts included
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -160,6 +161,7 @@ class Trainer:
             state, best = restored
             if state["done"]:
                 self.log(f"{stage.name}: finished earlier, reusing its checkpoint")
+                self.seconds += sum(epoch["seconds"] for epoch in stage.history)
                 return stage
             self.log(f"{stage.name}: resuming at epoch {state['epoch'] + 1}, "
                      f"step {state['step']}")
@@ -222,6 +224,7 @@ class Trainer:
                 self._save(stage, optimizer, state, best)
         finally:
             bar.close()
+        self.seconds += sum(epoch["seconds"] for epoch in stage.history)
         return stage
 
 
@@ -268,16 +271,14 @@ def run_train(kind: str, train_path: str, output: str, *, labels: list[str] | No
     table = read_table(train_path, input_format)
     valid = read_table(valid_path, input_format) if valid_path else None
     trainer = Trainer(workdir, seed, checkpoint_every, resume, quiet, stderr_log(quiet))
-    started = time.perf_counter()
     split = model.fit_table(table, train_path, trainer)
-    seconds = time.perf_counter() - started
     with open(train_path, "rb") if os.path.isfile(train_path) else open(os.devnull, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     model.provenance = {"xptools": __version__, "command": command_line(),
                         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                         "train_file": os.path.basename(train_path), "train_sha256": digest,
                         "valid_file": os.path.basename(valid_path) if valid_path else None,
-                        "seed": seed, "train_seconds": round(seconds, 1), **split,
+                        "seed": seed, "train_seconds": round(trainer.seconds, 1), **split,
                         "recipe": recipe}
     report = model.evaluate(valid, valid_path) if valid is not None else None
     card = model.card(report)

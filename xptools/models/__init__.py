@@ -135,6 +135,8 @@ def save(model, path: str, card: str, overwrite: bool = False,
         for name, text in (extra_files or {}).items():
             with open(os.path.join(tmp, name), "w") as f:
                 f.write(text)
+        for name in os.listdir(tmp):
+            os.chmod(os.path.join(tmp, name), 0o644)
         if os.path.exists(path):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old.", dir=parent)
             os.replace(path, os.path.join(old, "model"))

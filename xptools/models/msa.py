@@ -384,7 +384,8 @@ class MaskedStellarAutoencoder:
             f"reconstruction), fine-tuning {h.finetune_epochs} epochs at lr {h.finetune_lr} "
             f"({h.pred_weight} pinball + {1 - h.pred_weight:.1f} reconstruction), early "
             f"stopping patience {h.patience}",
-            f"- seed {p.get('seed')}; {p.get('train_seconds')} s of training; xptools "
+            f"- seed {p.get('seed')}; {p.get('train_seconds')} s of training (epochs, all "
+            f"stages); xptools "
             f"{p.get('xptools')}; `{p.get('command')}`", ""]
         if report:
             lines += [f"## Validation: {report['file']} ({report['rows']} rows)", "",
