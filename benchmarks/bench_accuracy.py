@@ -39,14 +39,16 @@ def xgboost_predictions(model, train, valid) -> np.ndarray:
     y = label_array(train, model.labels, "train")
     held = monitor_split(train, 0.05, 0)
     out = np.full((len(valid), len(model.labels)), np.nan)
+    params = {"eta": 0.05, "max_depth": 7, "subsample": 0.8, "colsample_bytree": 0.5,
+              "tree_method": "hist", "nthread": os.cpu_count(), "seed": 0}
     for j, label in enumerate(model.labels):
         ok = np.isfinite(y[:, j])
-        booster = xgboost.XGBRegressor(n_estimators=3000, learning_rate=0.05, max_depth=7,
-                                       subsample=0.8, colsample_bytree=0.5, tree_method="hist",
-                                       early_stopping_rounds=100, n_jobs=os.cpu_count())
-        booster.fit(x_train[ok & ~held], y[ok & ~held, j],
-                    eval_set=[(x_train[ok & held], y[ok & held, j])], verbose=False)
-        out[:, j] = booster.predict(x_valid)
+        fit = xgboost.DMatrix(x_train[ok & ~held], label=y[ok & ~held, j])
+        stop = xgboost.DMatrix(x_train[ok & held], label=y[ok & held, j])
+        booster = xgboost.train(params, fit, num_boost_round=3000, evals=[(stop, "monitor")],
+                                early_stopping_rounds=100, verbose_eval=False)
+        out[:, j] = booster.predict(xgboost.DMatrix(x_valid),
+                                    iteration_range=(0, booster.best_iteration + 1))
     return out
 
 
