@@ -18,10 +18,9 @@ All input columns pass through.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from xptools import models
 from xptools.errors import UserError
 from xptools.io import InputTable, TableWriter
 from xptools.models.features import FLAG_UNUSABLE, XPSource
@@ -46,8 +45,7 @@ def run_infer(src: InputTable, out: TableWriter, model, *, prefix: str | None = 
         raise UserError(f"{src.name}: already has a column {clash[0]!r}; give --prefix to name "
                         f"the new columns differently")
     source = XPSource(src.schema, src.name, model.features)
-    keywords = {"XPTMODEL": os.path.basename(os.path.normpath(model.path or "")) or model.kind,
-                "XPTMKIND": model.kind, "XPTMSUM": (model.checksum or "")[:16]}
+    keywords = models.keywords(model)
     counts = {"rows": 0, "unusable": 0, "flagged": 0}
     with progress(src.nrows, "infer", quiet) as bar:
         for chunk in src.chunks(chunk_rows, read_ahead=True):

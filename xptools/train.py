@@ -59,6 +59,17 @@ class Stage:
         return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * t))
 
 
+def cosine_warm_restarts(high: float, low: float, period: int) -> Callable[[int, int], float]:
+    """A `Stage.lr_at` schedule: cosine annealing from ``high`` to ``low`` over ``period``
+    steps, then a restart at ``high`` (SGDR, Loshchilov & Hutter 2017, Eq. 5, with T_mult = 1)."""
+
+    def lr_at(step: int, total: int) -> float:
+        t = (step % period) / period
+        return low + 0.5 * (high - low) * (1 + math.cos(math.pi * t))
+
+    return lr_at
+
+
 def _seed(*parts) -> int:
     return zlib.crc32(json.dumps(parts).encode()) & 0x7FFFFFFF
 
@@ -247,7 +258,6 @@ def run_train(kind: str, train_path: str, output: str, *, labels: list[str] | No
 
     from xptools import __version__, models
     from xptools.io import read_table
-    from xptools.metrics import report_table
     from xptools.provenance import command_line
 
     recipe = {}
@@ -287,6 +297,6 @@ def run_train(kind: str, train_path: str, output: str, *, labels: list[str] | No
     shutil.rmtree(workdir, ignore_errors=True)
     if report:
         print(f"validation on {valid_path} ({report['rows']} rows):")
-        print(report_table(report))
+        print(model.report_text(report))
     print(f"model written to {output}", file=sys.stderr)
     return report or {}

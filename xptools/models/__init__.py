@@ -26,12 +26,14 @@ from xptools.errors import UserError
 # kind -> "module:Class"; imported only when a model of that kind is used
 REGISTRY = {
     "msa": "xptools.models.msa:MaskedStellarAutoencoder",
+    "svae": "xptools.models.svae:ScatterVAE",
 }
 CONFIG = "config.json"
 WEIGHTS = "weights.safetensors"
 CARD = "card.md"
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
-DEFAULTS = {"infer": "msa-apogee"}  # command -> shipped model directory name
+# command -> shipped model directory name
+DEFAULTS = {"infer": "msa-apogee", "embed": "svae-apogee", "generate": "svae-apogee"}
 
 
 def model_class(kind: str):
@@ -95,6 +97,13 @@ def load(path: str):
     model.path = path
     model.checksum = weights_checksum(path)
     return model
+
+
+def keywords(model) -> dict[str, str]:
+    """Header keywords naming the model an output was made with: its directory name, kind,
+    and the start of its weights' SHA-256."""
+    return {"XPTMODEL": os.path.basename(os.path.normpath(model.path or "")) or model.kind,
+            "XPTMKIND": model.kind, "XPTMSUM": (model.checksum or "")[:16]}
 
 
 def check_tensors(module, tensors: dict, file: str) -> None:

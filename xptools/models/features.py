@@ -40,6 +40,7 @@ FLAG_G_FROM_XP = 16
 # ... and from the model
 FLAG_OUT_OF_RANGE = 32   # a prediction outside the training labels' 0.5..99.5 percentiles
 FLAG_UNUSABLE = 64       # nothing to predict from: the outputs are NaN
+FLAG_NO_ERRORS = 128     # XP errors missing, NaN or not positive: no chi2 for the row
 
 
 @dataclass
@@ -86,12 +87,7 @@ class FeatureSpec:
         (n, F) and input flags (n,), from a chunk and its XP values (flux on
         ``wavelengths`` or coefficients bp+rp, with errors if known)."""
         n = len(chunk)
-        flags = np.zeros(n, np.int64)
-        g = _column(chunk, self.reference, n)
-        missing_g = ~np.isfinite(g)
-        if missing_g.any():
-            g = np.where(missing_g, self._g_from_xp(xp), g)
-            flags |= np.where(missing_g & np.isfinite(g), FLAG_G_FROM_XP, 0)
+        g, flags = self.g_magnitude(chunk, xp)
         scale = 10.0 ** (0.4 * g)[:, None]  # 1 / (G-band flux), up to a constant
         values = xp * scale
         errors = None if xp_error is None else xp_error * scale
@@ -116,6 +112,15 @@ class FeatureSpec:
                 errors = np.concatenate([errors, np.full(colours.shape, np.nan)], axis=1)
         values = np.where(observed, values, 0.0)
         return values, errors, observed, flags
+
+    def g_magnitude(self, chunk: Table, xp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The G magnitude (n,) that normalises each row, from ``reference`` or else from the
+        XP spectrum, and the flags (n,) saying which (FLAG_G_FROM_XP)."""
+        g = _column(chunk, self.reference, len(chunk))
+        missing_g = ~np.isfinite(g)
+        if missing_g.any():
+            g = np.where(missing_g, self._g_from_xp(xp), g)
+        return g, np.where(missing_g & np.isfinite(g), FLAG_G_FROM_XP, 0).astype(np.int64)
 
     def _g_from_xp(self, xp: np.ndarray) -> np.ndarray:
         if self.zero_point is None or self.xp != "sampled":
@@ -158,6 +163,12 @@ class FeatureSpec:
         median, iqr = np.asarray(self.median), np.asarray(self.iqr)
         scaled = ((values - median) / iqr).astype(np.float32)
         return scaled if errors is None else (scaled, (errors / iqr).astype(np.float32))
+
+    def unscale(self, scaled: np.ndarray, errors: np.ndarray | None = None):
+        """The inverse of `scale`: raw values (and errors), float64."""
+        median, iqr = np.asarray(self.median), np.asarray(self.iqr)
+        values = np.asarray(scaled, np.float64) * iqr + median
+        return values if errors is None else (values, np.asarray(errors, np.float64) * iqr)
 
 
 def _column(chunk: Table, name: str, n: int) -> np.ndarray:
@@ -210,8 +221,9 @@ class XPSource:
                 self._index = _grid_index(self._grid, self.spec.wavelengths, self.name)
             if not len(chunk):
                 return np.zeros((0, self.spec.n_xp)), None
-            flux = np.asarray(chunk["flux"], dtype=np.float64)[:, self._index]
-            error = (np.asarray(chunk["flux_error"], dtype=np.float64)[:, self._index]
+            # pick the model's samples before converting: a fraction of the copying
+            flux = chunk["flux"][:, self._index].astype(np.float64)
+            error = (chunk["flux_error"][:, self._index].astype(np.float64)
                      if self.with_errors and "flux_error" in chunk else None)
             return flux, error
         bands = {b: self.layout.band(chunk, b) for b in BANDS}

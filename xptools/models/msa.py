@@ -350,10 +350,14 @@ class MaskedStellarAutoencoder:
                                                       ref_error)
         return report
 
-    def card(self, report: dict | None) -> str:
-        """The model card: what it is, data, split, settings, validation, limits."""
+    def report_text(self, report: dict) -> str:
+        """The validation report as printed by `xptools train`."""
         from xptools.metrics import report_table
 
+        return report_table(report)
+
+    def card(self, report: dict | None) -> str:
+        """The model card: what it is, data, split, settings, validation, limits."""
         h, p = self.hyper, self.provenance
         n_params = sum(t.numel() for t in self.networks[0].parameters()) if self.networks else 0
         lines = [
@@ -391,7 +395,7 @@ class MaskedStellarAutoencoder:
             lines += [f"## Validation: {report['file']} ({report['rows']} rows)", "",
                       "sigma_MAD = 1.4826 x median absolute deviation of prediction - reference; "
                       "z = difference / sqrt(sigma_pred^2 + sigma_ref^2).", "",
-                      report_table(report), ""]
+                      self.report_text(report), ""]
         lines += ["## Known limits", "",
                   "- Trained on APOGEE DR17 stars (mostly giants, G 8.7 to 15): predictions for "
                   "stars unlike them (white dwarfs, very hot or very cool stars, faint stars "
