@@ -474,6 +474,103 @@ def crossmatch(
         run_crossmatch(src, right_src, out, match, quiet=quiet, warn=warn)
 
 
+@app.command()
+@handles_errors("embed")
+def embed(
+    input: str = typer.Argument(..., help="Table of XP spectra, sampled or coefficients "
+                                "('-' for stdin)."),
+    output: str = OUTPUT,
+    model: Optional[str] = typer.Option(None, "--model", help="Model directory (default: "
+                                        "the shipped svae-apogee model)."),
+    prefix: Optional[str] = typer.Option(None, "--prefix", help="Prefix for the new columns "
+                                         "(e.g. svae gives svae_z, ...)."),
+    chunk_rows: int = typer.Option(20_000, "--chunk-rows", min=1, help="Rows per chunk."),
+    format: Optional[str] = FORMAT,
+    input_format: Optional[str] = INPUT_FORMAT,
+    overwrite: bool = OVERWRITE,
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Latent coordinates z, z_error (and embed_flag) of every spectrum; columns pass through."""
+    from xptools.embed import run_embed
+    from xptools.io import TableWriter, open_table
+    from xptools.progress import print_warning
+
+    with TableWriter(output, format, overwrite, write_behind=True) as out, \
+            open_table(input, input_format) as src:
+        loaded = _latent_model(model, "embed")
+        counts = run_embed(src, out, loaded, prefix=prefix, chunk_rows=chunk_rows, quiet=quiet)
+    if counts["unusable"] and not quiet:
+        print_warning(f"{counts['unusable']} of {counts['rows']} rows had no complete spectrum: "
+                      f"NaN z, see embed_flag")
+
+
+@app.command()
+@handles_errors("generate")
+def generate(
+    input: Optional[str] = typer.Argument(None, metavar="[LATENTS | IN]",
+                                          help="Table with a z column ('-' for stdin); with "
+                                               "--reconstruct, a table of XP spectra."),
+    output: str = OUTPUT,
+    model: Optional[str] = typer.Option(None, "--model", help="Model directory (default: "
+                                        "the shipped svae-apogee model)."),
+    z: Optional[str] = typer.Option(None, "--z", help="A grid of latents instead of a table: "
+                                    "one comma-separated entry per dimension, a number or "
+                                    "START:STOP:STEP, e.g. '-2:2:0.5,0,0,0,0,0'."),
+    reconstruct: bool = typer.Option(False, "--reconstruct", help="Encode and decode the "
+                                     "spectra of IN; add z, chi2 and outlier_percentile."),
+    z_column: str = typer.Option("z", "--z-column", help="Column of LATENTS holding z."),
+    prefix: Optional[str] = typer.Option(None, "--prefix", help="Prefix for the new columns "
+                                         "other than flux and flux_scatter."),
+    chunk_rows: int = typer.Option(20_000, "--chunk-rows", min=1, help="Rows per chunk."),
+    format: Optional[str] = FORMAT,
+    input_format: Optional[str] = INPUT_FORMAT,
+    overwrite: bool = OVERWRITE,
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Spectra (flux, flux_scatter) decoded from latents, or reconstructions with chi2 and an
+    outlier percentile (--reconstruct)."""
+    from xptools.generate import latent_grid, run_generate, run_reconstruct
+    from xptools.io import TableWriter, open_table
+    from xptools.progress import print_warning
+
+    if (input is None) == (z is None):
+        raise UserError("give a table of latents (or spectra, with --reconstruct) or --z, "
+                        "one of them")
+    if reconstruct and input is None:
+        raise UserError("--reconstruct needs a table of XP spectra")
+    with TableWriter(output, format, overwrite, write_behind=True) as out:
+        loaded = _latent_model(model, "generate")
+        if z is not None:
+            run_generate(None, out, loaded, grid=latent_grid(z, loaded.latent), quiet=quiet)
+            return
+        with open_table(input, input_format) as src:
+            if reconstruct:
+                counts = run_reconstruct(src, out, loaded, prefix=prefix,
+                                         chunk_rows=chunk_rows, quiet=quiet)
+            else:
+                counts = run_generate(src, out, loaded, grid=None, z_column=z_column,
+                                      prefix=prefix, chunk_rows=chunk_rows, quiet=quiet)
+    if counts["unusable"] and not quiet:
+        print_warning(f"{counts['unusable']} of {counts['rows']} rows had "
+                      f"{'no complete spectrum' if reconstruct else 'no finite z'}: NaN "
+                      f"output, see generate_flag")
+
+
+def _latent_model(path: Optional[str], command: str):
+    """A model with a latent space (the scatter VAE), loaded on one thread."""
+    import torch
+
+    from xptools import models
+
+    torch.set_num_threads(1)  # the encoder and decoders are tiny: threads only add overhead
+    loaded = models.load(path or models.default_path(command))
+    if not hasattr(loaded, "embed"):
+        raise UserError(f"{path}: a {loaded.kind} model has no latent space (use an svae model)")
+    return loaded
+
+
 def _not_yet(name: str, summary: str, issue: str):
     @handles_errors(name)
     def command(ctx: typer.Context) -> None:
@@ -484,8 +581,6 @@ def _not_yet(name: str, summary: str, issue: str):
                                         "ignore_unknown_options": True})(command)
 
 
-_not_yet("generate", "Spectra from labels or latents.", "issue 6")
-_not_yet("embed", "Latent embeddings of spectra.", "issue 6")
 _not_yet("calibrate", "Calibrate model uncertainties and offsets against reference labels.",
          "a later issue")
 _not_yet("flag", "Quality and out-of-distribution flags.", "a later issue")

@@ -1,0 +1,67 @@
+"""`xptools embed`: latent coordinates of XP spectra with the scatter VAE.
+
+Each row gains ``z`` (one value per latent dimension: the encoder's mean mu), ``z_error`` (the
+encoder's sigma' for each dimension) and ``embed_flag``:
+
+| bit | value | meaning |
+|---|---|---|
+| 0 | 1  | no usable XP spectrum |
+| 1 | 2  | partial XP spectrum (e.g. BP or RP missing, NaN samples) |
+| 4 | 16 | no phot_g_mean_mag: G estimated from the XP spectrum |
+| 6 | 64 | the spectrum is incomplete or missing: z and z_error are NaN |
+
+All input columns pass through; rows are never dropped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xptools import models
+from xptools.errors import UserError
+from xptools.io import InputTable, TableWriter
+from xptools.models.features import FLAG_UNUSABLE, XPSource
+from xptools.progress import progress
+from xptools.provenance import stamp
+
+
+def column_names(prefix: str | None, names: list[str]) -> dict[str, str]:
+    """New column names with an optional prefix ('svae' or 'svae_' gives svae_z, ...)."""
+    p = "" if not prefix else prefix if prefix.endswith("_") else prefix + "_"
+    return {n: p + n for n in names}
+
+
+def check_clash(schema, names, name: str) -> None:
+    clash = [c for c in names if c in schema]
+    if clash:
+        raise UserError(f"{name}: already has a column {clash[0]!r}; give --prefix to name the "
+                        f"new columns differently")
+
+
+def run_embed(src: InputTable, out: TableWriter, model, *, prefix: str | None = None,
+              chunk_rows: int = 20_000, quiet: bool = False) -> dict:
+    names = column_names(prefix, ["z", "z_error", "embed_flag"])
+    check_clash(src.schema, names.values(), src.name)
+    source = XPSource(src.schema, src.name, model.features)
+    keywords = models.keywords(model)
+    counts = {"rows": 0, "unusable": 0}
+    with progress(src.nrows, "embed", quiet) as bar:
+        for chunk in src.chunks(chunk_rows, read_ahead=True):
+            xp, _ = source(chunk)
+            x, _, usable, flags = model.prepare(chunk, xp, None)
+            z = np.full((len(chunk), model.latent), np.nan, np.float32)
+            z_error = np.full_like(z, np.nan)
+            if usable.any():
+                z[usable], z_error[usable] = model.embed(x[usable])
+            table = stamp(chunk.select(chunk.colnames), keywords)
+            table.add_column(names["z"], z, description=f"latent coordinates ({model.kind} "
+                             f"encoder mean)")
+            table.add_column(names["z_error"], z_error, description="latent standard "
+                             "deviations (encoder sigma)")
+            table.add_column(names["embed_flag"], flags.astype(np.int16),
+                             description="bitmask, see docs/embed.md")
+            out.write(table)
+            counts["rows"] += len(chunk)
+            counts["unusable"] += int(np.count_nonzero(flags & FLAG_UNUSABLE))
+            bar.update(len(chunk))
+    return counts

@@ -1,0 +1,184 @@
+"""`xptools generate`: XP spectra decoded from scatter-VAE latents, and reconstructions of
+observed spectra with a per-star outlier score.
+
+Output is the sampled layout on the model's wavelength grid (header WAVEMIN, WAVEMAX,
+WAVESTEP): ``flux``, the decoded spectrum, and ``flux_scatter``, the decoded intrinsic scatter,
+both in W m-2 nm-1. The model works on flux / G-band flux, so the decoded spectrum is that of a
+star of G = phot_g_mean_mag where the input has that column (with --reconstruct, the G the
+spectrum was normalised with), else of a star of G = 0.
+
+- From latents: a table with a ``z`` column (e.g. from `xptools embed`), or a grid given with
+  ``--z``.
+- ``--reconstruct``: each spectrum is encoded (z = mu) and decoded; the output adds ``z``,
+  ``z_error``, ``chi2`` (the mean over features of (x - x_hat)^2 / (sigma^2 + s_hat^2)) and
+  ``outlier_percentile`` (the percentile of chi2 among the model's training stars).
+
+The input's sampled spectra (``flux``, ``flux_error``, ``wavelength``) are replaced, since a
+table holds spectra on one grid; every other input column passes through. ``generate_flag``
+has the bits of `xptools embed` (docs/embed.md), plus 128: flux errors missing or not
+positive, so chi2 and outlier_percentile are NaN.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from xptools import models
+from xptools.embed import check_clash, column_names
+from xptools.errors import UserError
+from xptools.io import InputTable, Table, TableWriter
+from xptools.models.features import FLAG_UNUSABLE, XPSource
+from xptools.progress import progress
+from xptools.provenance import stamp
+from xptools.sampling import parse_grid
+from xptools.xp import grid_keywords
+
+REPLACED = ("flux", "flux_error", "wavelength")
+GRID_KEYWORDS = ("WAVEMIN", "WAVEMAX", "WAVESTEP", "WAVEGRID")
+MAX_GRID_ROWS = 1_000_000
+UNIT = "W m-2 nm-1"
+
+
+def latent_grid(text: str, latent: int) -> np.ndarray:
+    """Rows of z from '--z': one comma-separated entry per latent dimension, each a number
+    or START:STOP:STEP (STOP included); the rows are every combination."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != latent:
+        raise UserError(f"--z {text!r}: give {latent} comma-separated entries, one per latent "
+                        f"dimension (a number or START:STOP:STEP)")
+    axes = []
+    for part in parts:
+        if ":" in part:
+            axes.append(parse_grid(part))
+            continue
+        try:
+            axes.append(np.array([float(part)]))
+        except ValueError:
+            raise UserError(f"--z {text!r}: {part!r} is not a number or START:STOP:STEP") from None
+    rows = int(np.prod([len(a) for a in axes]))
+    if rows > MAX_GRID_ROWS:
+        raise UserError(f"--z {text!r} makes {rows:,} spectra (at most {MAX_GRID_ROWS:,}); use "
+                        f"coarser steps or a table of z")
+    return np.array(list(itertools.product(*axes)), dtype=np.float32)
+
+
+def _spectra(model, chunk: Table, z: np.ndarray, g: np.ndarray | None = None):
+    """Decoded flux and scatter (n, F) in W m-2 nm-1 for rows with finite z (NaN elsewhere)."""
+    n, n_xp = len(z), model.features.n_xp
+    flux = np.full((n, n_xp), np.nan)
+    scatter = np.full((n, n_xp), np.nan)
+    ok = np.isfinite(z).all(axis=1)
+    if ok.any():
+        x_hat, s_hat = model.decode(z[ok])
+        values, spread = model.features.unscale(x_hat, s_hat)
+        if g is None:  # the table's G; there is no spectrum to estimate it from
+            g, _ = model.features.g_magnitude(chunk, np.full((n, n_xp), np.nan))
+        g = np.where(np.isfinite(g), g, 0.0)[ok, None]
+        flux[ok] = values * 10.0 ** (-0.4 * g)        # undo the G-band normalisation
+        scatter[ok] = spread * 10.0 ** (-0.4 * g)
+    return flux, scatter
+
+
+def _layout(model, chunk: Table, keywords: dict) -> Table:
+    """The chunk without its sampled spectra, stamped with the model grid's keywords."""
+    table = chunk.select([c for c in chunk.colnames if c not in REPLACED])
+    for key in GRID_KEYWORDS:
+        table.meta.pop(key, None)
+    return stamp(table, {"XPKIND": "sampled", **grid_keywords(model.wavelengths), **keywords})
+
+
+def _add_spectra(table: Table, flux: np.ndarray, scatter: np.ndarray, what: str) -> None:
+    table.add_column("flux", flux.astype(np.float32), unit=UNIT,
+                     description=f"{what} spectrum (scatter VAE)")
+    table.add_column("flux_scatter", scatter.astype(np.float32), unit=UNIT,
+                     description=f"{what} intrinsic scatter (scatter VAE)")
+
+
+def _check_latents(model, name: str, z_column: str, schema: Table) -> None:
+    if z_column not in schema:
+        raise UserError(f"{name}: no column {z_column!r} of latents (give --z-column, or --z "
+                        f"for a grid, or --reconstruct for spectra)")
+    shape = schema[z_column].shape[1:]
+    if shape != (model.latent,):
+        raise UserError(f"{name}: column {z_column!r} has {'x'.join(map(str, shape)) or 1} "
+                        f"values per row, the model's latent space {model.latent}")
+
+
+def run_generate(src: InputTable | None, out: TableWriter, model, *, grid: np.ndarray | None,
+                 z_column: str = "z", prefix: str | None = None, chunk_rows: int = 20_000,
+                 quiet: bool = False) -> dict:
+    """Spectra from the latents of a table (column ``z_column``) or of ``grid`` rows."""
+    names = column_names(prefix, ["generate_flag"])
+    keywords = models.keywords(model)
+    if src is None:
+        table = Table()
+        table.add_column("z", grid, description="latent coordinates")
+        chunks, total, name = [table], len(grid), "--z"
+    else:
+        _check_latents(model, src.name, z_column, src.schema)
+        check_clash(src.schema, [names["generate_flag"], "flux_scatter"], src.name)
+        chunks, total, name = src.chunks(chunk_rows, read_ahead=True), src.nrows, src.name
+    counts = {"rows": 0, "unusable": 0}
+    with progress(total, "generate", quiet) as bar:
+        for chunk in chunks:
+            z = np.asarray(chunk[z_column if src is not None else "z"], np.float32)
+            flux, scatter = _spectra(model, chunk, z)
+            flags = np.where(np.isfinite(z).all(axis=1), 0, FLAG_UNUSABLE)
+            table = _layout(model, chunk, keywords)
+            _add_spectra(table, flux, scatter, "decoded")
+            table.add_column(names["generate_flag"], flags.astype(np.int16),
+                             description=f"bitmask: 64 = no finite z in {name}, see "
+                                         f"docs/generate.md")
+            out.write(table)
+            counts["rows"] += len(chunk)
+            counts["unusable"] += int(np.count_nonzero(flags))
+            bar.update(len(chunk))
+    return counts
+
+
+def run_reconstruct(src: InputTable, out: TableWriter, model, *, prefix: str | None = None,
+                    chunk_rows: int = 20_000, quiet: bool = False) -> dict:
+    """Encode and decode every spectrum; per-star chi2 and outlier percentile."""
+    names = column_names(prefix, ["z", "z_error", "chi2", "outlier_percentile",
+                                  "generate_flag"])
+    check_clash(src.schema, [*names.values(), "flux_scatter"], src.name)
+    source = XPSource(src.schema, src.name, model.features, with_errors=True)
+    if source.kind == "sampled" and "flux_error" not in src.schema:
+        raise UserError(f"{src.name}: no flux_error column (chi2 weighs each sample by its "
+                        f"error)")
+    keywords = models.keywords(model)
+    counts = {"rows": 0, "unusable": 0, "above_p99": 0}
+    with progress(src.nrows, "generate", quiet) as bar:
+        for chunk in src.chunks(chunk_rows, read_ahead=True):
+            n = len(chunk)
+            xp, xp_error = source(chunk)
+            x, sigma, usable, flags = model.prepare(chunk, xp, xp_error)
+            g, _ = model.features.g_magnitude(chunk, xp)
+            z = np.full((n, model.latent), np.nan, np.float32)
+            z_error = np.full_like(z, np.nan)
+            chi2 = np.full(n, np.nan)
+            if usable.any():
+                rec = model.reconstruct(x[usable], sigma[usable])
+                z[usable], z_error[usable], chi2[usable] = rec["z"], rec["z_error"], rec["chi2"]
+            flux, scatter = _spectra(model, chunk, z, g)
+            percentile = model.outlier_percentile(chi2)
+            table = _layout(model, chunk, keywords)
+            _add_spectra(table, flux, scatter, "reconstructed")
+            table.add_column(names["z"], z, description="latent coordinates (encoder mean)")
+            table.add_column(names["z_error"], z_error, description="latent standard "
+                             "deviations (encoder sigma)")
+            table.add_column(names["chi2"], chi2.astype(np.float32),
+                             description="mean over samples of (x - x_hat)^2 / (sigma^2 + "
+                                         "s_hat^2)")
+            table.add_column(names["outlier_percentile"], percentile.astype(np.float32),
+                             description="percentile of chi2 among the training stars")
+            table.add_column(names["generate_flag"], flags.astype(np.int16),
+                             description="bitmask, see docs/generate.md")
+            out.write(table)
+            counts["rows"] += n
+            counts["unusable"] += int(np.count_nonzero(flags & FLAG_UNUSABLE))
+            counts["above_p99"] += int(np.count_nonzero(percentile > 99))
+            bar.update(n)
+    return counts
