@@ -38,6 +38,17 @@ INPUT_FORMAT = typer.Option(None, "--input-format",
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output file.")
 QUIET = typer.Option(False, "-q", "--quiet", help="No progress bar or warnings.")
 VERBOSE = typer.Option(False, "-v", "--verbose", help="Show the traceback of an error.")
+# ... and by the commands that run a model over a table
+CHUNK_ROWS = typer.Option(20_000, "--chunk-rows", min=1, help="Rows per chunk.")
+
+
+def model_option(shipped: str) -> typer.models.OptionInfo:
+    return typer.Option(None, "--model", help=f"Model directory (default: the shipped "
+                        f"{shipped} model).")
+
+
+def prefix_option(example: str) -> typer.models.OptionInfo:
+    return typer.Option(None, "--prefix", help=f"Prefix for the new columns ({example}).")
 
 
 def _report(command: str, message: str) -> None:
@@ -290,10 +301,11 @@ def fetch(
 @handles_errors("train")
 def train(
     train_file: str = typer.Argument(..., metavar="TRAIN",
-                                     help="Table of XP spectra (sampled or coefficients) with "
-                                          "label columns."),
+                                     help="Table of XP spectra (sampled or coefficients), with "
+                                          "label columns for msa."),
     output: str = typer.Option(..., "-o", "--output", help="Model directory to write."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model kind: msa (default)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model kind: msa (default; needs labels) or "
+                                         "svae (spectra alone)."),
     labels: Optional[str] = typer.Option(None, "--labels",
                                          help="Label columns, e.g. teff,logg,fe_h,alpha_m."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="JSON file of settings "
@@ -310,7 +322,8 @@ def train(
     quiet: bool = QUIET,
     verbose: bool = VERBOSE,
 ) -> None:
-    """Train a model from a table with labels; prints the validation report."""
+    """Train a model (msa from a table with labels, svae from spectra alone); prints the
+    validation report."""
     import torch
 
     from xptools.train import run_train
@@ -329,11 +342,9 @@ def infer(
     input: str = typer.Argument(..., help="Table of XP spectra, sampled or coefficients "
                                 "('-' for stdin)."),
     output: str = OUTPUT,
-    model: Optional[str] = typer.Option(None, "--model", help="Model directory (default: "
-                                        "the shipped msa-apogee model)."),
-    prefix: Optional[str] = typer.Option(None, "--prefix", help="Prefix for the new columns "
-                                         "(e.g. msa gives msa_teff, ...)."),
-    chunk_rows: int = typer.Option(20_000, "--chunk-rows", min=1, help="Rows per chunk."),
+    model: Optional[str] = model_option("msa-apogee"),
+    prefix: Optional[str] = prefix_option("e.g. msa gives msa_teff, ..."),
+    chunk_rows: int = CHUNK_ROWS,
     format: Optional[str] = FORMAT,
     input_format: Optional[str] = INPUT_FORMAT,
     overwrite: bool = OVERWRITE,
@@ -480,11 +491,9 @@ def embed(
     input: str = typer.Argument(..., help="Table of XP spectra, sampled or coefficients "
                                 "('-' for stdin)."),
     output: str = OUTPUT,
-    model: Optional[str] = typer.Option(None, "--model", help="Model directory (default: "
-                                        "the shipped svae-apogee model)."),
-    prefix: Optional[str] = typer.Option(None, "--prefix", help="Prefix for the new columns "
-                                         "(e.g. svae gives svae_z, ...)."),
-    chunk_rows: int = typer.Option(20_000, "--chunk-rows", min=1, help="Rows per chunk."),
+    model: Optional[str] = model_option("svae-apogee"),
+    prefix: Optional[str] = prefix_option("e.g. svae gives svae_z, ..."),
+    chunk_rows: int = CHUNK_ROWS,
     format: Optional[str] = FORMAT,
     input_format: Optional[str] = INPUT_FORMAT,
     overwrite: bool = OVERWRITE,
@@ -512,17 +521,15 @@ def generate(
                                           help="Table with a z column ('-' for stdin); with "
                                                "--reconstruct, a table of XP spectra."),
     output: str = OUTPUT,
-    model: Optional[str] = typer.Option(None, "--model", help="Model directory (default: "
-                                        "the shipped svae-apogee model)."),
+    model: Optional[str] = model_option("svae-apogee"),
     z: Optional[str] = typer.Option(None, "--z", help="A grid of latents instead of a table: "
                                     "one comma-separated entry per dimension, a number or "
                                     "START:STOP:STEP, e.g. '-2:2:0.5,0,0,0,0,0'."),
     reconstruct: bool = typer.Option(False, "--reconstruct", help="Encode and decode the "
                                      "spectra of IN; add z, chi2 and outlier_percentile."),
     z_column: str = typer.Option("z", "--z-column", help="Column of LATENTS holding z."),
-    prefix: Optional[str] = typer.Option(None, "--prefix", help="Prefix for the new columns "
-                                         "other than flux and flux_scatter."),
-    chunk_rows: int = typer.Option(20_000, "--chunk-rows", min=1, help="Rows per chunk."),
+    prefix: Optional[str] = prefix_option("other than flux and flux_scatter"),
+    chunk_rows: int = CHUNK_ROWS,
     format: Optional[str] = FORMAT,
     input_format: Optional[str] = INPUT_FORMAT,
     overwrite: bool = OVERWRITE,
