@@ -155,7 +155,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(model, data, tmp_path):
     assert subprocess.run(args + ["-o", str(straight)]).returncode == 0
     killed = tmp_path / "killed"
     proc = subprocess.Popen(args + ["-o", str(killed)], stderr=subprocess.DEVNULL)
-    marker = killed.parent / "killed.partial" / "checkpoints" / "finetune-0.json"
+    marker = killed.parent / "killed.partial" / "checkpoints" / "finetune-0.safetensors"
     deadline = time.time() + 120
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)

@@ -6,9 +6,10 @@ A model trains in one or more `Stage`s (a network, a loss, data). `Trainer.run(s
 - draws the batch order of epoch e from (seed, stage, e) and reseeds torch from
   (seed, stage, e, step) before every step, so dropout and random masks do not depend on where
   a run was interrupted: a resumed run ends with the same weights as an uninterrupted one;
-- writes a checkpoint (safetensors for the tensors: weights, optimiser moments, best weights;
-  JSON for counters and history) every ``checkpoint_every`` steps and at each epoch end,
-  atomically, under ``<workdir>/checkpoints/``;
+- writes a checkpoint (one safetensors file per stage: weights, optimiser moments, best
+  weights, and the counters and history as JSON in its metadata, so a kill can never pair
+  tensors with the counters of another step) every ``checkpoint_every`` steps and at each
+  epoch end, atomically, under ``<workdir>/checkpoints/``;
 - with ``resume``, continues a stage from its checkpoint, or skips a finished stage;
 - after each epoch evaluates the stage's loss on the monitor set; stops after ``patience``
   epochs without improvement and restores the best weights.
@@ -88,9 +89,8 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------
 
-    def _paths(self, stage: Stage) -> tuple[str, str]:
-        base = os.path.join(self.checkpoints, stage.name)
-        return base + ".safetensors", base + ".json"
+    def _path(self, stage: Stage) -> str:
+        return os.path.join(self.checkpoints, stage.name + ".safetensors")
 
     def _save(self, stage: Stage, optimizer, state: dict, best: dict | None) -> None:
         from safetensors.torch import save_file
@@ -102,22 +102,25 @@ class Trainer:
                 tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).clone().contiguous()
         for k, v in (best or {}).items():
             tensors[f"best.{k}"] = v.contiguous()
-        weights, meta = self._paths(stage)
+        path = self._path(stage)
         os.makedirs(self.checkpoints, exist_ok=True)
-        save_file(tensors, weights + ".part", metadata={"step": str(state["step"])})
-        os.replace(weights + ".part", weights)
-        with open(meta + ".part", "w") as f:
-            json.dump({**state, "history": stage.history}, f)
-        os.replace(meta + ".part", meta)
+        save_file(tensors, path + ".part",
+                  metadata={"state": json.dumps({**state, "history": stage.history})})
+        os.replace(path + ".part", path)
 
     def _restore(self, stage: Stage, optimizer) -> tuple[dict, dict | None] | None:
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
-        weights, meta = self._paths(stage)
-        if not (self.resume and os.path.exists(meta) and os.path.exists(weights)):
+        weights = self._path(stage)
+        if not (self.resume and os.path.exists(weights)):
             return None
-        with open(meta) as f:
-            state = json.load(f)
+        with safe_open(weights, "pt") as f:
+            metadata = f.metadata() or {}
+        if "state" not in metadata:
+            raise UserError(f"{weights}: a checkpoint without its training state (written by "
+                            f"an older xptools?); train again without --resume")
+        state = json.loads(metadata["state"])
         tensors = load_file(weights)
         module = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
         try:
