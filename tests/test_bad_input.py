@@ -2,6 +2,8 @@
 no traceback, and no output file left behind."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -139,3 +141,14 @@ def test_not_implemented_commands_exit_2_and_write_nothing(tmp_path):
         assert r.returncode == 2, command
         assert b"not implemented yet" in r.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_help_imports_no_heavy_package():
+    """`xptools --help` stays instant: torch, astropy, gaiaxpy, h5py and fitsio are imported
+    inside the commands that need them, never by the CLI module itself."""
+    code = ("import sys; import xptools.cli; "
+            "print(' '.join(m for m in ('torch', 'astropy', 'gaiaxpy', 'h5py', 'fitsio', "
+            "'numpy') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == []
