@@ -18,30 +18,16 @@ from __future__ import annotations
 import numpy as np
 
 from xptools import models
-from xptools.errors import UserError
 from xptools.io import InputTable, TableWriter
 from xptools.models.features import FLAG_UNUSABLE, XPSource
 from xptools.progress import progress
 from xptools.provenance import stamp
 
 
-def column_names(prefix: str | None, names: list[str]) -> dict[str, str]:
-    """New column names with an optional prefix ('svae' or 'svae_' gives svae_z, ...)."""
-    p = "" if not prefix else prefix if prefix.endswith("_") else prefix + "_"
-    return {n: p + n for n in names}
-
-
-def check_clash(schema, names, name: str) -> None:
-    clash = [c for c in names if c in schema]
-    if clash:
-        raise UserError(f"{name}: already has a column {clash[0]!r}; give --prefix to name the "
-                        f"new columns differently")
-
-
 def run_embed(src: InputTable, out: TableWriter, model, *, prefix: str | None = None,
               chunk_rows: int = 20_000, quiet: bool = False) -> dict:
-    names = column_names(prefix, ["z", "z_error", "embed_flag"])
-    check_clash(src.schema, names.values(), src.name)
+    names = models.column_names(prefix, ["z", "z_error", "embed_flag"])
+    models.check_clash(src.schema, names.values(), src.name)
     source = XPSource(src.schema, src.name, model.features)
     keywords = models.keywords(model)
     counts = {"rows": 0, "unusable": 0}

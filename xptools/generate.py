@@ -26,7 +26,6 @@ import itertools
 import numpy as np
 
 from xptools import models
-from xptools.embed import check_clash, column_names
 from xptools.errors import UserError
 from xptools.io import InputTable, Table, TableWriter
 from xptools.models.features import FLAG_UNUSABLE, XPSource
@@ -110,7 +109,7 @@ def run_generate(src: InputTable | None, out: TableWriter, model, *, grid: np.nd
                  z_column: str = "z", prefix: str | None = None, chunk_rows: int = 20_000,
                  quiet: bool = False) -> dict:
     """Spectra from the latents of a table (column ``z_column``) or of ``grid`` rows."""
-    names = column_names(prefix, ["generate_flag"])
+    names = models.column_names(prefix, ["generate_flag"])
     keywords = models.keywords(model)
     if src is None:
         table = Table()
@@ -118,7 +117,7 @@ def run_generate(src: InputTable | None, out: TableWriter, model, *, grid: np.nd
         chunks, total, name = [table], len(grid), "--z"
     else:
         _check_latents(model, src.name, z_column, src.schema)
-        check_clash(src.schema, [names["generate_flag"], "flux_scatter"], src.name)
+        models.check_clash(src.schema, [names["generate_flag"], "flux_scatter"], src.name)
         chunks, total, name = src.chunks(chunk_rows, read_ahead=True), src.nrows, src.name
     counts = {"rows": 0, "unusable": 0}
     with progress(total, "generate", quiet) as bar:
@@ -141,9 +140,9 @@ def run_generate(src: InputTable | None, out: TableWriter, model, *, grid: np.nd
 def run_reconstruct(src: InputTable, out: TableWriter, model, *, prefix: str | None = None,
                     chunk_rows: int = 20_000, quiet: bool = False) -> dict:
     """Encode and decode every spectrum; per-star chi2 and outlier percentile."""
-    names = column_names(prefix, ["z", "z_error", "chi2", "outlier_percentile",
+    names = models.column_names(prefix, ["z", "z_error", "chi2", "outlier_percentile",
                                   "generate_flag"])
-    check_clash(src.schema, [*names.values(), "flux_scatter"], src.name)
+    models.check_clash(src.schema, [*names.values(), "flux_scatter"], src.name)
     source = XPSource(src.schema, src.name, model.features, with_errors=True)
     if source.kind == "sampled" and "flux_error" not in src.schema:
         raise UserError(f"{src.name}: no flux_error column (chi2 weighs each sample by its "

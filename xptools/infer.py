@@ -21,7 +21,6 @@ from __future__ import annotations
 import numpy as np
 
 from xptools import models
-from xptools.errors import UserError
 from xptools.io import InputTable, TableWriter
 from xptools.models.features import FLAG_UNUSABLE, XPSource
 from xptools.progress import progress
@@ -31,19 +30,18 @@ UNITS = {"teff": "K", "logg": "dex", "fe_h": "dex", "alpha_m": "dex", "m_h": "de
 
 
 def output_names(labels: list[str], prefix: str | None) -> tuple[dict[str, list[str]], str]:
-    p = "" if not prefix else prefix if prefix.endswith("_") else prefix + "_"
-    columns = {l: [f"{p}{l}", f"{p}{l}_error", f"{p}{l}_q16", f"{p}{l}_q84"] for l in labels}
-    return columns, f"{p}infer_flag"
+    names = models.column_names(prefix, [f"{l}{s}" for l in labels
+                                         for s in ("", "_error", "_q16", "_q84")]
+                                + ["infer_flag"])
+    columns = {l: [names[f"{l}{s}"] for s in ("", "_error", "_q16", "_q84")] for l in labels}
+    return columns, names["infer_flag"]
 
 
 def run_infer(src: InputTable, out: TableWriter, model, *, prefix: str | None = None,
               chunk_rows: int = 20_000, quiet: bool = False) -> dict:
     columns, flag_name = output_names(model.labels, prefix)
-    new = [c for names in columns.values() for c in names] + [flag_name]
-    clash = [c for c in new if c in src.schema]
-    if clash:
-        raise UserError(f"{src.name}: already has a column {clash[0]!r}; give --prefix to name "
-                        f"the new columns differently")
+    models.check_clash(src.schema, [c for names in columns.values() for c in names]
+                       + [flag_name], src.name)
     source = XPSource(src.schema, src.name, model.features)
     keywords = models.keywords(model)
     counts = {"rows": 0, "unusable": 0, "flagged": 0}

@@ -106,6 +106,20 @@ def keywords(model) -> dict[str, str]:
             "XPTMKIND": model.kind, "XPTMSUM": (model.checksum or "")[:16]}
 
 
+def column_names(prefix: str | None, names: list[str]) -> dict[str, str]:
+    """The columns a model run adds, with an optional prefix ('svae' or 'svae_' gives svae_z)."""
+    p = "" if not prefix else prefix if prefix.endswith("_") else prefix + "_"
+    return {n: p + n for n in names}
+
+
+def check_clash(schema, names, name: str) -> None:
+    """Stop if the input already has one of the columns a model run would add."""
+    clash = [c for c in names if c in schema]
+    if clash:
+        raise UserError(f"{name}: already has a column {clash[0]!r}; give --prefix to name the "
+                        f"new columns differently")
+
+
 def check_tensors(module, tensors: dict, file: str) -> None:
     """Load ``tensors`` into a torch module, failing clearly on any mismatch."""
     expected = module.state_dict()
