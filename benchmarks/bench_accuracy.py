@@ -8,7 +8,12 @@ The model defaults to the shipped `xptools infer` model. The baseline is one gra
 tree model per label (xgboost, `pip install xgboost-cpu`) on the model's unscaled inputs:
 log10(flux / G flux) on its wavelength grid and the colours against G, with early stopping on
 5% of the training stars. Both are scored with the same cuts: sigma_MAD of prediction - APOGEE
-for all stars and for Teff < 7000 K, and the z-score sigma_MAD with the APOGEE errors.
+for all stars and for Teff < 7000 K, and the z-score sigma_MAD with the APOGEE errors (same cuts).
+
+A second table takes inputs away from the validation stars (2MASS, all photometry but G, the
+BP or RP half of the spectrum: NaN below 636 nm or above 642 nm, as a source without that
+band) and shows the model's sigma_MAD, z-score sigma_MAD and median uncertainty for each case:
+less input should mean wider uncertainties, not a z-score far above 1.
 """
 
 from __future__ import annotations
@@ -23,6 +28,15 @@ from xptools import models
 from xptools.io import read_table
 from xptools.metrics import sigma_mad
 from xptools.models.features import XPSource, label_array, monitor_split
+from xptools.xp import BAND_OVERLAP, DEFAULT_GRID
+
+MISSING = {  # case -> (columns removed, flux samples set to NaN)
+    "all inputs": ((), None),
+    "no 2MASS": (("j_m", "h_m", "ks_m"), None),
+    "XP + G only": (("j_m", "h_m", "ks_m", "phot_bp_mean_mag", "phot_rp_mean_mag"), None),
+    "no BP (RP alone)": ((), DEFAULT_GRID < BAND_OVERLAP[0]),
+    "no RP (BP alone)": ((), DEFAULT_GRID > BAND_OVERLAP[1]),
+}
 
 
 def xgboost_predictions(model, train, valid) -> np.ndarray:
@@ -52,6 +66,37 @@ def xgboost_predictions(model, train, valid) -> np.ndarray:
     return out
 
 
+def scores(pred, truth, cool, labels, table):
+    """Per label: sigma_MAD of prediction - truth (Teff < 7000 K for teff), the z-score
+    sigma_MAD (when the table has <label>_err) and the median predicted error."""
+    out = []
+    for j, label in enumerate(labels):
+        value, error = pred[label][0], pred[label][1]
+        d = value - truth[:, j]
+        rows = np.isfinite(d) & (cool if label == "teff" and cool is not None else True)
+        ref = (np.asarray(table[f"{label}_err"], float) if f"{label}_err" in table
+               else np.full(len(d), np.nan))
+        z = d / np.sqrt(error ** 2 + ref ** 2)
+        out.append((sigma_mad(d[rows]), sigma_mad(z[rows]), float(np.median(error[rows]))))
+    return out
+
+
+def missing_inputs(model, valid, truth, cool) -> None:
+    print(f"\nmissing inputs (xptools model; Teff for Teff < 7000 K): sigma_MAD / z-score "
+          f"sigma_MAD / median error")
+    print(f"{'case':<20}" + "".join(f"{l:>26}" for l in model.labels))
+    for case, (drop, blank) in MISSING.items():
+        table = valid.select([c for c in valid.colnames if c not in drop])
+        if blank is not None:
+            flux = np.array(table["flux"], np.float64)
+            flux[:, blank] = np.nan
+            table.columns["flux"] = flux
+        x, observed, _ = model.inputs(table, "valid")
+        cells = scores(model.predict(x, observed), truth, cool, model.labels, table)
+        print(f"{case:<20}" + "".join(f"{f'{a:.4g} / {z:.2f} / {e:.4g}':>26}"
+                                      for a, z, e in cells))
+
+
 def main() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,7 +113,6 @@ def main() -> None:
     x, observed, _ = model.inputs(valid, "valid")
     pred = model.predict(x, observed)
     ours = np.stack([pred[l][0] for l in model.labels], 1)
-    ours_error = np.stack([pred[l][1] for l in model.labels], 1)
     rows = {"xptools " + os.path.basename(os.path.normpath(model.path)): ours}
     if not args.skip_xgboost:
         start = time.perf_counter()
@@ -83,12 +127,9 @@ def main() -> None:
             d = p[:, j] - truth[:, j]
             cells.append(sigma_mad(d[cool] if label == "teff" and cool is not None else d))
         print(f"{name:<28}" + "".join(f"{c:>10.4g}" for c in cells))
-    errors = [f"{l}_err" for l in model.labels]
-    if all(e in valid for e in errors):
-        ref = np.stack([np.asarray(valid[e], float) for e in errors], 1)
-        z = (ours - truth) / np.sqrt(ours_error ** 2 + ref ** 2)
-        print(f"{'z-score sigma_MAD (xptools)':<28}" +
-              "".join(f"{sigma_mad(z[:, j]):>10.3f}" for j in range(len(model.labels))))
+    z = [zz for _, zz, _ in scores(pred, truth, cool, model.labels, valid)]
+    print(f"{'z-score sigma_MAD (xptools)':<28}" + "".join(f"{c:>10.3f}" for c in z))
+    missing_inputs(model, valid, truth, cool)
 
 
 if __name__ == "__main__":

@@ -208,3 +208,40 @@ def test_train_input_errors(data, tmp_path):
             "-o", tmp_path / "m")
     assert r.returncode == 1 and b"unknown model kind 'xgb'" in r.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_masking_of_bands_and_anchors():
+    """Rows that keep their XP may lose one band's own samples or the anchors; a row never
+    loses both its XP and its anchors."""
+    import torch
+
+    from xptools.models.features import FeatureSpec
+    from xptools.models.msa import Hyperparameters, MaskedStellarAutoencoder
+    from xptools.xp import BANDS
+
+    spec = FeatureSpec()
+    bp, rp = spec.band_only("bp"), spec.band_only("rp")
+    w = np.asarray(spec.wavelengths)
+    assert w[bp].max() < 636 and w[rp].min() > 642 and (~bp & ~rp).sum() == 2  # 636, 642 nm
+    coefficients = FeatureSpec(xp="coefficients")
+    assert coefficients.band_only("bp")[:55].all() and not coefficients.band_only("bp")[55:].any()
+
+    hyper = Hyperparameters(p_hide_band=0.3, p_hide_anchors=0.5)
+    model = MaskedStellarAutoencoder(["teff"], spec, hyper)
+    n_xp = spec.n_xp
+    groups = {"anchors": torch.tensor([n in hyper.anchors for n in spec.names[n_xp:]]),
+              **{b: torch.from_numpy(spec.band_only(b)) for b in BANDS}}
+    observed = torch.ones(4000, len(spec.names), dtype=torch.bool)
+    torch.manual_seed(0)
+    visible = model._visible(observed, groups, p_xp=0.5, p_other=0.0).numpy()
+    xp, anchors = visible[:, :n_xp], visible[:, n_xp:][:, groups["anchors"].numpy()]
+    no_xp = ~xp.any(axis=1)
+    assert anchors[no_xp].all()                                   # never both hidden
+    assert 0.4 < (~anchors[~no_xp].all(axis=1)).mean() < 0.6      # anchors hidden, p = 0.5
+    assert (anchors.all(axis=1) | ~anchors.any(axis=1)).all()     # hidden together
+    shown = xp[~no_xp]
+    no_bp, no_rp = ~shown[:, bp].any(axis=1), ~shown[:, rp].any(axis=1)
+    assert shown[no_bp][:, ~bp].all() and shown[no_rp][:, ~rp].all()  # exactly one band
+    assert not (no_bp & no_rp).any()
+    assert 0.25 < no_bp.mean() < 0.35 and 0.25 < no_rp.mean() < 0.35
+    assert ((shown.all(axis=1)) | no_bp | no_rp).all()            # nothing else hidden

@@ -30,6 +30,8 @@ BANDS = ("bp", "rp")
 N_COEFFICIENTS = 55
 N_CORRELATIONS = N_COEFFICIENTS * (N_COEFFICIENTS - 1) // 2
 DEFAULT_GRID = np.arange(336.0, 1021.0, 2.0)  # GaiaXPy's default absolute sampling, nm
+BAND_OVERLAP = (636.0, 642.0)  # nm: where GaiaXPy's merged spectrum has both bands; BP alone
+                               # below, RP alone above (read off its merge weights)
 
 
 @dataclass

@@ -25,7 +25,7 @@ import numpy as np
 
 from xptools.errors import UserError
 from xptools.io import Table
-from xptools.xp import BANDS, DEFAULT_GRID, ContinuousLayout, detect_layout, sampled_grid
+from xptools.xp import BAND_OVERLAP, BANDS, DEFAULT_GRID, ContinuousLayout, detect_layout, sampled_grid
 
 REFERENCE = "phot_g_mean_mag"
 PHOTOMETRY = ("phot_bp_mean_mag", "phot_rp_mean_mag", "j_m", "h_m", "ks_m")
@@ -72,6 +72,14 @@ class FeatureSpec:
         xp = ([f"flux_{w:g}" for w in self.wavelengths] if self.xp == "sampled"
               else [f"{b}_coeff_{i}" for b in BANDS for i in range(55)])
         return xp + [f"{p}-G" for p in self.photometry]
+
+    def band_only(self, band: str) -> np.ndarray:
+        """Which XP features (a boolean array over the first ``n_xp``) only ``band`` ("bp" or
+        "rp") provides: what a source without the other band still has is the complement."""
+        if self.xp == "coefficients":
+            return np.arange(self.n_xp) // (self.n_xp // 2) == BANDS.index(band)
+        w = np.asarray(self.wavelengths)
+        return w < BAND_OVERLAP[0] if band == "bp" else w > BAND_OVERLAP[1]
 
     def to_dict(self) -> dict:
         return asdict(self)

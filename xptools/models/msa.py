@@ -17,7 +17,10 @@ be missing. Read top to bottom:
                        feature with probability p_other, anchor features never; pretraining
                        minimises the L1 reconstruction of all observed features (missing ones
                        excluded); fine-tuning minimises 0.8 pinball + 0.2 reconstruction, with
-                       the same masking.
+                       the same masking. Beyond the thesis (both optional, p_hide_band and
+                       p_hide_anchors): rows that keep their XP may lose one band's samples or
+                       the anchors, so that a source without BP or RP, or a table without the
+                       anchor columns, is not new to the model and its quantiles widen.
 6. ensemble          - several members fine-tuned from the pretrained network with different
                        seeds; the uncertainty combines their quantile half-widths with their
                        spread.
@@ -37,6 +40,7 @@ from xptools.io import Table
 from xptools.metrics import label_metrics
 from xptools.models.features import (FLAG_OUT_OF_RANGE, FLAG_UNUSABLE, FeatureSpec, XPSource,
                                      label_array, monitor_split)
+from xptools.xp import BANDS
 
 QUANTILES = (0.16, 0.5, 0.84)
 
@@ -126,7 +130,10 @@ class Hyperparameters:
     dropout: float = 0.05
     p_hide_xp: float = 0.9            # pretraining
     finetune_p_hide_xp: float = 0.9   # fine-tuning (the thesis keeps the same masking)
-    p_hide_other: float = 0.6
+    p_hide_other: float = 0.6         # pretraining
+    finetune_p_hide_other: float = 0.6  # fine-tuning
+    p_hide_band: float = 0.0          # rows with XP shown: BP alone hidden, else RP alone
+    p_hide_anchors: float = 0.0       # rows with XP shown: the anchors hidden
     anchors: list[str] = field(default_factory=lambda: ["phot_bp_mean_mag-G",
                                                         "phot_rp_mean_mag-G"])
     members: int = 4
@@ -211,17 +218,28 @@ class MaskedStellarAutoencoder:
 
     # -- training -------------------------------------------------------------------------
 
-    def _visible(self, observed: torch.Tensor, anchors: torch.Tensor,
-                 p_xp: float) -> torch.Tensor:
+    def _visible(self, observed: torch.Tensor, groups: dict[str, torch.Tensor],
+                 p_xp: float, p_other: float) -> torch.Tensor:
         """Random masking of one batch (uses torch's global RNG, seeded per step): the XP
-        group hidden with probability p_xp, the other features each with p_hide_other except
-        the ``anchors``."""
+        group hidden with probability p_xp, the other features each with p_other except the
+        anchors. On the rows that keep their XP, one band's own samples are hidden with
+        probability p_hide_band each (a source missing BP or RP) and the anchors with
+        p_hide_anchors (a table without them), so that the model and its quantiles learn
+        those cases too; a row never loses both its XP and its anchors."""
         h = self.hyper
         n_xp = self.features.n_xp
         b, f = observed.shape
         hide = torch.empty_like(observed)
-        hide[:, :n_xp] = (torch.rand(b) < p_xp)[:, None]
-        hide[:, n_xp:] = (torch.rand(b, f - n_xp) < h.p_hide_other) & ~anchors[None]
+        hide_xp = torch.rand(b) < p_xp
+        band = torch.rand(b)
+        hide[:, :n_xp] = (hide_xp[:, None]
+                          | ((band < h.p_hide_band)[:, None] & groups["bp"][None])
+                          | (((band >= h.p_hide_band) & (band < 2 * h.p_hide_band))[:, None]
+                             & groups["rp"][None]))
+        anchors = groups["anchors"][None]
+        hide_anchors = ((torch.rand(b) < h.p_hide_anchors) & ~hide_xp)[:, None]
+        hide[:, n_xp:] = (((torch.rand(b, f - n_xp) < p_other) & ~anchors)
+                          | (anchors & hide_anchors))
         return observed & ~hide
 
     def _to_learnt(self, y: np.ndarray) -> np.ndarray:
@@ -256,13 +274,15 @@ class MaskedStellarAutoencoder:
         train = {k: v[torch.from_numpy(~monitor)] for k, v in data.items()}
         held = {k: v[torch.from_numpy(monitor)] for k, v in data.items()}
 
-        anchors = torch.tensor([n in h.anchors for n in self.features.names[self.features.n_xp:]])
+        groups = {"anchors": torch.tensor([n in h.anchors
+                                           for n in self.features.names[self.features.n_xp:]]),
+                  **{band: torch.from_numpy(self.features.band_only(band)) for band in BANDS}}
         torch.manual_seed(trainer.seed)
         base = self._network()
 
         def reconstruct_loss(batch, training):
-            visible = (self._visible(batch["observed"], anchors, h.p_hide_xp) if training
-                       else batch["observed"])
+            visible = (self._visible(batch["observed"], groups, h.p_hide_xp, h.p_hide_other)
+                       if training else batch["observed"])
             _, x_hat, _ = base(batch["x"], visible)
             rec = reconstruction(batch["x"], x_hat, batch["observed"])
             return rec, {"rec": rec.item()}
@@ -276,7 +296,8 @@ class MaskedStellarAutoencoder:
             net.load_state_dict(base.state_dict())
 
             def finetune_loss(batch, training, net=net):
-                visible = (self._visible(batch["observed"], anchors, h.finetune_p_hide_xp)
+                visible = (self._visible(batch["observed"], groups, h.finetune_p_hide_xp,
+                                         h.finetune_p_hide_other)
                            if training else batch["observed"])
                 _, x_hat, q = net(batch["x"], visible)
                 pred = pinball(batch["y"], q, batch["known"])
@@ -382,7 +403,10 @@ class MaskedStellarAutoencoder:
             f"member",
             f"- masking: XP group hidden with p={h.p_hide_xp} in pretraining and "
             f"p={h.finetune_p_hide_xp} in fine-tuning, other features with "
-            f"p={h.p_hide_other}, never {', '.join(h.anchors)}",
+            f"p={h.p_hide_other} in pretraining and p={h.finetune_p_hide_other} in "
+            f"fine-tuning, never {', '.join(h.anchors)} while the XP group is hidden; "
+            f"on rows with XP, BP-only or RP-only samples hidden with p={h.p_hide_band} each, "
+            f"the anchors with p={h.p_hide_anchors}",
             f"- optimiser: AdamW, weight decay {h.weight_decay}, batch {h.batch_size}, cosine "
             f"schedule with warm-up; pretraining {h.pretrain_epochs} epochs at lr {h.lr} (L1 "
             f"reconstruction), fine-tuning {h.finetune_epochs} epochs at lr {h.finetune_lr} "
@@ -406,6 +430,10 @@ class MaskedStellarAutoencoder:
                   "(see the teff>=7000 rows above).",
                   "- Few training stars have [Fe/H] < -1: metal-poor stars are less accurate "
                   "(see the fe_h<-1 rows above).",
+                  "- Less input, less accuracy: a source without BP or RP, or a table without "
+                  "2MASS or BP/RP magnitudes, gets wider uncertainties and a flag; "
+                  "`python benchmarks/bench_accuracy.py` prints the accuracy and z-scores for "
+                  "each case.",
                   "- Labels are on the APOGEE DR17 (ASPCAP) scale, with its systematics.", ""]
         return "\n".join(lines)
 
