@@ -25,7 +25,8 @@ import numpy as np
 
 from xptools.errors import UserError
 from xptools.io import Table
-from xptools.xp import BAND_OVERLAP, BANDS, DEFAULT_GRID, ContinuousLayout, detect_layout, sampled_grid
+from xptools.xp import (BAND_OVERLAP, BANDS, DEFAULT_GRID, ContinuousLayout, detect_layout,
+                        sampled_grid)
 
 REFERENCE = "phot_g_mean_mag"
 PHOTOMETRY = ("phot_bp_mean_mag", "phot_rp_mean_mag", "j_m", "h_m", "ks_m")
