@@ -189,6 +189,8 @@ def test_bad_model_directories(model, data, tmp_path):
     assert "unknown model kind 'nope'" in infer_with(broken)
     (broken / "config.json").write_text("{not json")
     assert "not valid JSON" in infer_with(broken)
+    (broken / "config.json").write_text(json.dumps(dict(config, format_version=99)))
+    assert "format_version 99, this xptools reads 1" in infer_with(broken)
     wider = dict(config, hyperparameters=dict(config["hyperparameters"], latent=13))
     (broken / "config.json").write_text(json.dumps(wider))
     assert "weights do not match the config" in infer_with(broken)

@@ -83,6 +83,9 @@ def load(path: str):
     config = read_config(path)
     cls = model_class(config["kind"])
     try:
+        if config.get("format_version") != cls.format_version:
+            raise ValueError(f"format_version {config.get('format_version')!r}, this xptools "
+                             f"reads {cls.format_version}")
         model = cls.from_config(config)
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: bad {config['kind']} config ({type(e).__name__}: {e})") from e

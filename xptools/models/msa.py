@@ -185,9 +185,6 @@ class MaskedStellarAutoencoder:
 
     @classmethod
     def from_config(cls, config: dict) -> "MaskedStellarAutoencoder":
-        if config.get("format_version") != cls.format_version:
-            raise ValueError(f"format_version {config.get('format_version')!r}, this xptools "
-                             f"reads {cls.format_version}")
         model = cls(config["labels"], FeatureSpec.from_dict(config["features"]),
                     Hyperparameters(**config["hyperparameters"]))
         model.label_mean, model.label_std = config["label_mean"], config["label_std"]

@@ -195,9 +195,6 @@ class ScatterVAE:
 
     @classmethod
     def from_config(cls, config: dict) -> "ScatterVAE":
-        if config.get("format_version") != cls.format_version:
-            raise ValueError(f"format_version {config.get('format_version')!r}, this xptools "
-                             f"reads {cls.format_version}")
         model = cls(FeatureSpec.from_dict(config["features"]),
                     Hyperparameters(**config["hyperparameters"]), config.get("labels"))
         model.chi2_quantiles = config["chi2_quantiles"]
