@@ -138,7 +138,8 @@ def test_same_seed_same_model(model, data, tmp_path):
             "--quiet")
     assert r.returncode == 0, r.stderr.decode()
     a, b = _weights(model), _weights(again)
-    assert all(np.array_equal(a[k], b[k]) for k in a)
+    differ = {k: float(np.max(np.abs(a[k] - b[k]))) for k in a if not np.array_equal(a[k], b[k])}
+    assert not differ, f"same seed, different weights (max |difference|): {differ}"
     other = tmp_path / "other"
     assert run("train", data / "train.fits", "--recipe", data / "tiny.json", "-o", other,
                "--seed", "7", "--quiet").returncode == 0

@@ -93,6 +93,19 @@ def handles_errors(command: str):
     return wrap
 
 
+def _torch(threads: int):
+    """torch, imported for a model command: Intel MKL in its reproducible mode (fixed
+    reductions and static scheduling, unless $MKL_CBWR says otherwise; without it a matrix
+    product can differ in the last bit between runs, so the same seed could train a different
+    model) with ``threads`` CPU threads."""
+    os.environ.setdefault("MKL_CBWR", "AUTO")    # read when MKL starts, i.e. at import
+    os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+    import torch
+
+    torch.set_num_threads(threads)
+    return torch
+
+
 def _threads() -> int:
     """CPU threads for model commands: $XPTOOLS_THREADS, else every core."""
     value = os.environ.get("XPTOOLS_THREADS", "")
@@ -324,11 +337,9 @@ def train(
 ) -> None:
     """Train a model (msa from a table with labels, svae from spectra alone); prints the
     validation report."""
-    import torch
-
+    _torch(_threads())
     from xptools.train import run_train
 
-    torch.set_num_threads(_threads())
     run_train(model, train_file, output,
               labels=[l.strip() for l in labels.split(",") if l.strip()] if labels else None,
               recipe_path=recipe, valid_path=valid, seed=seed, resume=resume,
@@ -352,14 +363,12 @@ def infer(
     verbose: bool = VERBOSE,
 ) -> None:
     """Stellar labels with uncertainties (and infer_flag) for every row; columns pass through."""
-    import torch
-
+    _torch(_threads())
     from xptools import models
     from xptools.infer import run_infer
     from xptools.io import TableWriter, open_table
     from xptools.progress import print_warning
 
-    torch.set_num_threads(_threads())
     with TableWriter(output, format, overwrite, write_behind=True) as out, \
             open_table(input, input_format) as src:
         loaded = models.load(model or models.default_path("infer"))
@@ -567,11 +576,9 @@ def generate(
 
 def _latent_model(path: Optional[str], command: str):
     """A model with a latent space (the scatter VAE), loaded on one thread."""
-    import torch
-
+    _torch(1)  # the encoder and decoders are tiny: threads only add overhead
     from xptools import models
 
-    torch.set_num_threads(1)  # the encoder and decoders are tiny: threads only add overhead
     loaded = models.load(path or models.default_path(command))
     if not hasattr(loaded, "embed"):
         raise UserError(f"{path}: a {loaded.kind} model has no latent space (use an svae model)")
