@@ -10,7 +10,8 @@ import torch
 
 from conftest import run, synthetic_continuous, synthetic_sampled
 from xptools.io import read_table, write_table
-from xptools.models.svae import kl_divergence, knn_labels, scatter_chi2
+from xptools.models.svae import (ScatterVAE, kl_divergence, knn_labels, outlier_statistics,
+                                  scatter_chi2)
 
 TINY = {"model": "svae",
         "hyperparameters": {"widths": [24, 12], "epochs": 4, "batch_size": 64,
@@ -54,6 +55,38 @@ def test_loss_is_the_papers():
         (4.0 + (4.0 - 1 - np.log(4.0))) / 18, rel=1e-6)
 
 
+def test_outlier_statistics():
+    sigma = np.full((3, 4), 0.1)
+    x = np.zeros((3, 4))
+    x_hat = np.zeros((3, 4))
+    s_hat = np.zeros((3, 4))
+    x[1] = 0.1 * 3                 # fitted only thanks to a wide scatter: chi2 1, excess > 1
+    s_hat[1] = np.sqrt(8) * 0.1
+    x[2, 0] = 0.1 * 4              # one bad sample: worst 16, diluted to 4 in chi2
+    st = outlier_statistics(x, sigma, x_hat, s_hat)
+    np.testing.assert_allclose(st["chi2"], [0, 1, 4])
+    np.testing.assert_allclose(st["excess"], [0, 1 + np.log(9), 4])
+    np.testing.assert_allclose(st["worst"], [0, 1, 16])
+    sigma[0, 0] = np.nan
+    assert np.isnan(outlier_statistics(x, sigma, x_hat, s_hat)["excess"][0])
+
+
+def test_outlier_percentile_of_either_score():
+    """Training stars atypical in excess or in worst both rank high; 1% score above 99."""
+    rng = np.random.default_rng(0)
+    train = {"excess": rng.chisquare(5, 20000), "worst": rng.chisquare(3, 20000)}
+    model = ScatterVAE()
+    model.fit_outlier_quantiles(train)
+    p = model.outlier_percentile(train)
+    assert np.mean(p > 99) == pytest.approx(0.01, abs=0.002)
+    typical = np.median(train["excess"]), np.median(train["worst"])
+    stars = {"excess": np.array([typical[0], 100.0, typical[0], np.nan]),
+             "worst": np.array([typical[1], typical[1], 100.0, np.nan])}
+    p = model.outlier_percentile(stars)
+    assert 22 < p[0] < 28            # median in both: P(max of two ranks < 0.5) = 0.25
+    assert p[1] == 100 and p[2] == 100 and np.isnan(p[3])
+
+
 def test_knn_leaves_each_star_out():
     z = np.array([[0.0], [0.1], [5.0], [5.1]])
     y = np.array([1.0, 2.0, 10.0, 20.0])
@@ -68,8 +101,9 @@ def test_model_directory(model):
     config = json.loads((model / "config.json").read_text())
     assert config["kind"] == "svae" and config["labels"] == []
     assert config["features"]["transform"] == "linear" and config["features"]["photometry"] == []
-    q = np.array(config["chi2_quantiles"])
-    assert len(q) == 1001 and np.all(np.diff(q) >= 0) and q[0] > 0
+    for score in ("excess", "worst", "combined"):
+        q = np.array(config["outlier_quantiles"][score])
+        assert len(q) == 1001 and np.all(np.diff(q) >= 0) and q[0] >= 0
     assert config["provenance"]["epochs_run"] == 4 and config["provenance"]["train_rows"] > 300
     report = json.loads((model / "validation.json").read_text())
     assert report["usable_rows"] == 120 and set(report["knn"]) == {"teff", "logg"}

@@ -11,7 +11,8 @@ spectrum was normalised with), else of a star of G = 0.
   ``--z``.
 - ``--reconstruct``: each spectrum is encoded (z = mu) and decoded; the output adds ``z``,
   ``z_error``, ``chi2`` (the mean over features of (x - x_hat)^2 / (sigma^2 + s_hat^2)) and
-  ``outlier_percentile`` (the percentile of chi2 among the model's training stars).
+  ``outlier_percentile`` (how atypical the star is among the model's training stars, from
+  its excess chi2~ and its worst sample: `ScatterVAE.outlier_percentile`).
 
 The input's sampled spectra (``flux``, ``flux_error``, ``wavelength``) are replaced, since a
 table holds spectra on one grid; every other input column passes through. ``generate_flag``
@@ -157,12 +158,15 @@ def run_reconstruct(src: InputTable, out: TableWriter, model, *, prefix: str | N
             g, _ = model.features.g_magnitude(chunk, xp)
             z = np.full((n, model.latent), np.nan, np.float32)
             z_error = np.full_like(z, np.nan)
-            chi2 = np.full(n, np.nan)
+            statistics = {name: np.full(n, np.nan) for name in ("chi2", "excess", "worst")}
             if usable.any():
                 rec = model.reconstruct(x[usable], sigma[usable])
-                z[usable], z_error[usable], chi2[usable] = rec["z"], rec["z_error"], rec["chi2"]
+                z[usable], z_error[usable] = rec["z"], rec["z_error"]
+                for name, values in statistics.items():
+                    values[usable] = rec[name]
+            chi2 = statistics["chi2"]
             flux, scatter = _spectra(model, chunk, z, g)
-            percentile = model.outlier_percentile(chi2)
+            percentile = model.outlier_percentile(statistics)
             table = _layout(model, chunk, keywords)
             _add_spectra(table, flux, scatter, "reconstructed")
             table.add_column(names["z"], z, description="latent coordinates (encoder mean)")
@@ -172,7 +176,8 @@ def run_reconstruct(src: InputTable, out: TableWriter, model, *, prefix: str | N
                              description="mean over samples of (x - x_hat)^2 / (sigma^2 + "
                                          "s_hat^2)")
             table.add_column(names["outlier_percentile"], percentile.astype(np.float32),
-                             description="percentile of chi2 among the training stars")
+                             description="outlier score's percentile among the training "
+                                         "stars (docs/generate.md)")
             table.add_column(names["generate_flag"], flags.astype(np.int16),
                              description="bitmask, see docs/generate.md")
             out.write(table)

@@ -24,9 +24,10 @@ per-star, per-feature "scatter" that absorbs what the model cannot fit. Read top
 5. training  - AdamW, cosine annealing with warm restarts from 1e-4 down to 1e-10; the best
                epoch on a monitor set (5% of the stars, by source_id hash) is kept.
 6. use       - embed: z = mu and z_error = sigma'; generate: (x_hat, s_hat) of any z;
-               reconstruct: decode mu, and score each star by its chi2 = <(x - x_hat)^2 /
-               (sigma^2 + s_hat^2)> over features and its percentile among the training stars
-               (stored in the config): an outlier score.
+               reconstruct: decode mu, give each star its chi2 = <(x - x_hat)^2 /
+               (sigma^2 + s_hat^2)> over features, and an outlier percentile among the
+               training stars (`outlier_statistics`; their distributions are stored in the
+               config).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ from xptools.metrics import sigma_mad
 from xptools.models.features import (FLAG_NO_ERRORS, FLAG_UNUSABLE, FeatureSpec, XPSource,
                                      label_array, monitor_split)
 
-PERCENTILES = np.linspace(0.0, 100.0, 1001)   # where the training chi2 distribution is stored
+PERCENTILES = np.linspace(0.0, 100.0, 1001)   # where the training score distributions are stored
+OUTLIER_SCORES = ("excess", "worst", "combined")
 REPORT_LABELS = ("teff", "logg", "fe_h", "alpha_m")  # used for the report when present
 RECONSTRUCTION_WINDOW = (400.0, 1000.0)       # nm, where the fractional residual is measured
 
@@ -102,6 +104,26 @@ def kl_divergence(mu: torch.Tensor, log_var: torch.Tensor,
     return _reduce(mu ** 2 + log_var.exp() - 1 - log_var, reduction)
 
 
+def outlier_statistics(x: np.ndarray, sigma: np.ndarray, x_hat: np.ndarray,
+                       s_hat: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-star statistics of the residual r = x - x_hat against v = sigma^2 + s_hat^2:
+
+    - chi2   = <r^2 / v>, the first term of chi2~ (Eq. 1);
+    - excess = <r^2 / v + log(v / sigma^2)>: chi2~ (Eqs. 1-2) minus its value for a perfect
+               fit with no scatter, log sigma^2, which only reflects the star's brightness. A
+               spectrum the model explains only by widening the scatter scores high here,
+               while its chi2 stays near 1;
+    - worst  = max r^2 / v over features: one bad sample, which the mean over all features
+               dilutes."""
+    x, sigma = np.asarray(x, np.float64), np.asarray(sigma, np.float64)
+    r2 = (x - x_hat) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        variance = sigma ** 2 + np.asarray(s_hat, np.float64) ** 2
+        return {"chi2": np.mean(r2 / variance, axis=1),
+                "excess": np.mean(r2 / variance + np.log(variance / sigma ** 2), axis=1),
+                "worst": np.max(r2 / variance, axis=1)}
+
+
 def knn_labels(reference: np.ndarray, labels: np.ndarray, query: np.ndarray, k: int = 20,
                leave_one_out: bool = False, block: int = 1024) -> np.ndarray:
     """k-nearest-neighbour regression in the latent space: for each query row the mean label
@@ -157,7 +179,7 @@ class ScatterVAE:
     the training chi2 distribution) set by `fit_table` or loaded from a model directory."""
 
     kind = "svae"
-    format_version = 1
+    format_version = 2   # 2: outlier_quantiles (excess, worst, combined) replace chi2_quantiles
 
     def __init__(self, features: FeatureSpec | None = None, hyper: Hyperparameters | None = None,
                  labels: list[str] | None = None):
@@ -167,7 +189,7 @@ class ScatterVAE:
                             "xp='sampled' and no photometry")
         self.hyper = hyper or Hyperparameters()
         self.labels = list(labels or [])          # only for the validation report
-        self.chi2_quantiles: list[float] | None = None
+        self.outlier_quantiles: dict[str, list[float]] | None = None
         self.provenance: dict = {}
         self.network: ScatterVAENetwork | None = None
         self.path = None
@@ -190,20 +212,23 @@ class ScatterVAE:
         return {"kind": self.kind, "format_version": self.format_version,
                 "labels": self.labels, "features": self.features.to_dict(),
                 "hyperparameters": asdict(self.hyper),
-                "chi2_percentiles": PERCENTILES.tolist(), "chi2_quantiles": self.chi2_quantiles,
+                "outlier_percentiles": PERCENTILES.tolist(),
+                "outlier_quantiles": self.outlier_quantiles,
                 "provenance": self.provenance}
 
     @classmethod
     def from_config(cls, config: dict) -> "ScatterVAE":
         model = cls(FeatureSpec.from_dict(config["features"]),
                     Hyperparameters(**config["hyperparameters"]), config.get("labels"))
-        model.chi2_quantiles = config["chi2_quantiles"]
+        model.outlier_quantiles = config["outlier_quantiles"]
         model.provenance = config.get("provenance", {})
-        if model.features.median is None or model.chi2_quantiles is None:
+        if model.features.median is None or model.outlier_quantiles is None:
             raise ValueError("the config holds no fitted scalers (an untrained model?)")
-        if len(model.chi2_quantiles) != len(PERCENTILES):
-            raise ValueError(f"chi2_quantiles has {len(model.chi2_quantiles)} values, "
-                             f"expected {len(PERCENTILES)}")
+        for score in OUTLIER_SCORES:
+            if len(model.outlier_quantiles[score]) != len(PERCENTILES):
+                raise ValueError(f"outlier_quantiles[{score!r}] has "
+                                 f"{len(model.outlier_quantiles[score])} values, expected "
+                                 f"{len(PERCENTILES)}")
         model.network = model._network()
         return model
 
@@ -292,8 +317,7 @@ class ScatterVAE:
             torch.set_num_threads(threads)
         net.eval()
         self.network = net
-        chi2 = self.reconstruct(x[rows], sigma[rows])["chi2"]
-        self.chi2_quantiles = np.percentile(chi2, PERCENTILES).tolist()
+        self.fit_outlier_quantiles(self.reconstruct(x[rows], sigma[rows]))
         monitored = [e for e in stage.history if e["monitor_loss"] is not None]
         best = min(monitored, key=lambda e: e["monitor_loss"]) if monitored else {}
         return {"rows": int(len(table)), "usable_rows": int(rows.sum()),
@@ -329,21 +353,36 @@ class ScatterVAE:
                 s_hat.reshape(len(z), self.features.n_xp))
 
     def reconstruct(self, x: np.ndarray, sigma: np.ndarray | None) -> dict[str, np.ndarray]:
-        """z, z_error, x_hat, s_hat of each row, and (with errors) its chi2: the mean over
-        features of (x - x_hat)^2 / (sigma^2 + s_hat^2), x_hat and s_hat decoded from z = mu."""
+        """z, z_error, x_hat, s_hat of each row (x_hat and s_hat decoded from z = mu), and with
+        errors its `outlier_statistics` (chi2, excess, worst)."""
         z, z_error = self.embed(x)
         x_hat, s_hat = self.decode(z)
         out = {"z": z, "z_error": z_error, "x_hat": x_hat, "s_hat": s_hat}
         if sigma is not None:
-            with np.errstate(invalid="ignore"):
-                variance = sigma.astype(np.float64) ** 2 + s_hat.astype(np.float64) ** 2
-                out["chi2"] = np.mean((x - x_hat) ** 2 / variance, axis=1)
+            out.update(outlier_statistics(x, sigma, x_hat, s_hat))
         return out
 
-    def outlier_percentile(self, chi2: np.ndarray) -> np.ndarray:
-        """The percentile of each chi2 among the training stars' (0..100; NaN stays NaN)."""
-        q = np.maximum.accumulate(np.asarray(self.chi2_quantiles))
-        return np.where(np.isfinite(chi2), np.interp(chi2, q, PERCENTILES), np.nan)
+    def _percentile(self, score: str, values: np.ndarray) -> np.ndarray:
+        q = np.maximum.accumulate(np.asarray(self.outlier_quantiles[score]))
+        return np.where(np.isfinite(values), np.interp(values, q, PERCENTILES), np.nan)
+
+    def _combined(self, statistics: dict[str, np.ndarray]) -> np.ndarray:
+        """The larger of a star's percentiles in excess and in worst."""
+        return np.maximum(self._percentile("excess", statistics["excess"]),
+                       self._percentile("worst", statistics["worst"]))
+
+    def fit_outlier_quantiles(self, statistics: dict[str, np.ndarray]) -> None:
+        """Store the training stars' distributions of excess, worst and their combination."""
+        self.outlier_quantiles = {score: np.percentile(statistics[score], PERCENTILES).tolist()
+                                  for score in ("excess", "worst")}
+        self.outlier_quantiles["combined"] = np.percentile(self._combined(statistics),
+                                                           PERCENTILES).tolist()
+
+    def outlier_percentile(self, statistics: dict[str, np.ndarray]) -> np.ndarray:
+        """Each star's outlier percentile among the training stars (0..100; NaN where its
+        statistics are NaN): the percentile of the larger of its excess and worst percentiles,
+        so that a star atypical by either counts and 1% of the training stars score above 99."""
+        return self._percentile("combined", self._combined(statistics))
 
     # -- validation -----------------------------------------------------------------------
 
@@ -363,7 +402,7 @@ class ScatterVAE:
             fractional = np.abs(raw_hat - raw)[:, window] / np.abs(raw[:, window])
         r_error = (x - out["x_hat"]) / sigma
         r_total = (x - out["x_hat"]) / np.sqrt(sigma ** 2 + out["s_hat"] ** 2)
-        percentile = self.outlier_percentile(out["chi2"])
+        percentile = self.outlier_percentile(out)
         report = {"file": name, "rows": int(len(table)), "usable_rows": int(rows.sum()),
                   "reconstruction": {
                       "median_abs_fractional_residual_400_1000nm":
@@ -400,7 +439,7 @@ class ScatterVAE:
                  f"| sigma_MAD of (x - x_hat)/sqrt(sigma^2 + s_hat^2) | "
                  f"{r['sigma_mad_r_total']:.3f} |",
                  f"| median chi2 per star | {o['median_chi2']:.3f} |",
-                 f"| fraction above the training 99th chi2 percentile | "
+                 f"| fraction above the training 99th outlier percentile | "
                  f"{o['fraction_above_p99']:.4f} |"]
         for label, m in report["knn"].items():
             lines.append(f"| k-NN (k=20) {label} from z: sigma_MAD (bias), N={m['n']} | "
@@ -462,7 +501,7 @@ class ScatterVAE:
                   "- z is a coarse proxy for stellar labels: the spectrum is normalised by G, "
                   "not dereddened, so temperature and reddening are blended (see the k-NN rows "
                   "above, and benchmarks/bench_svae.py for the same k-NN on the input flux).",
-                  "- The outlier score (chi2 with the scatter in the error budget) catches "
-                  "large spectral defects but misses many small ones; "
-                  "benchmarks/bench_svae.py measures it on injected defects.", ""]
+                  "- The outlier percentile (docs/generate.md) catches large spectral "
+                  "defects but misses a share of small ones; benchmarks/bench_svae.py "
+                  "measures it on injected defects.", ""]
         return "\n".join(lines)
