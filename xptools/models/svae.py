@@ -176,7 +176,8 @@ def default_features(**overrides) -> FeatureSpec:
 
 class ScatterVAE:
     """Hyperparameters in the constructor; learned state (feature scalers, network weights,
-    the training chi2 distribution) set by `fit_table` or loaded from a model directory."""
+    the training stars' outlier score distributions) set by `fit_table` or loaded from a model
+    directory."""
 
     kind = "svae"
     format_version = 2   # 2: outlier_quantiles (excess, worst, combined) replace chi2_quantiles
@@ -369,7 +370,7 @@ class ScatterVAE:
     def _combined(self, statistics: dict[str, np.ndarray]) -> np.ndarray:
         """The larger of a star's percentiles in excess and in worst."""
         return np.maximum(self._percentile("excess", statistics["excess"]),
-                       self._percentile("worst", statistics["worst"]))
+                          self._percentile("worst", statistics["worst"]))
 
     def fit_outlier_quantiles(self, statistics: dict[str, np.ndarray]) -> None:
         """Store the training stars' distributions of excess, worst and their combination."""
