@@ -94,10 +94,10 @@ def handles_errors(command: str):
 
 
 def _torch(threads: int):
-    """torch, imported for a model command: Intel MKL in its reproducible mode (fixed
-    reductions and static scheduling, unless $MKL_CBWR says otherwise; without it a matrix
-    product can differ in the last bit between runs, so the same seed could train a different
-    model) with ``threads`` CPU threads."""
+    """torch, imported for a model command, with ``threads`` CPU threads and Intel MKL in its
+    reproducible mode (fixed reductions and static scheduling, unless $MKL_CBWR says
+    otherwise): without it MKL does not promise equal results from run to run, which
+    `--seed` needs."""
     os.environ.setdefault("MKL_CBWR", "AUTO")    # read when MKL starts, i.e. at import
     os.environ.setdefault("MKL_DYNAMIC", "FALSE")
     import torch
