@@ -33,9 +33,10 @@ from xptools.io import read_table
 from xptools.metrics import sigma_mad
 from xptools.models.features import FLAG_NO_ERRORS, FLAG_UNUSABLE, label_array
 from xptools.models.svae import knn_labels
+from xptools.xp import BAND_OVERLAP, DEFAULT_GRID
 
 LABELS = ("teff", "logg", "fe_h", "alpha_m")
-BP_EDGE = 640.0  # nm: below it the merged XP spectrum is BP's
+BP_EDGE = sum(BAND_OVERLAP) / 2  # nm: the middle of the BP/RP overlap; the "BP half" is below
 DEFECTS = {  # name -> amplitudes; the first is the headline
     "BP half scaled by (1 +/- a)": [0.10, 0.05, 0.20],
     "spike of +a x flux at one sample": [0.20, 0.10, 0.50],
@@ -66,9 +67,9 @@ def reconstruction(model, valid):
               f"(target: none)")
 
 
-def knn(model, train, valid):
+def knn(model, train, training_inputs, valid):
     print("2. k-NN (k = 20) from the training stars to the validation stars, sigma_MAD")
-    x_train, _, rows_train = usable(model, train, "train")
+    x_train, _, rows_train = training_inputs
     x_valid, _, rows_valid = usable(model, valid, "valid")
     z_train, _ = model.embed(x_train)
     z_valid, _ = model.embed(x_valid)
@@ -113,13 +114,13 @@ def injected(flux, g, kind, amplitude, rng, grid, model_grid):
     return flux, g
 
 
-def outliers(model, train, valid):
+def outliers(model, training_inputs, valid):
     print("3. outliers: fraction of validation stars above the training 99th percentile")
-    x_train, sigma_train, _ = usable(model, train, "train")
+    x_train, sigma_train, _ = training_inputs
     chi2_p99 = np.percentile(model.reconstruct(x_train, sigma_train)["chi2"], 99)
     _, _, rows = usable(model, valid, "valid")
     table = valid.rows(rows).select(["source_id", "flux", "flux_error", "phot_g_mean_mag"])
-    grid = np.arange(336.0, 1021.0, 2.0)
+    grid = DEFAULT_GRID
     flux = np.asarray(table["flux"], np.float64)
     g = np.asarray(table["phot_g_mean_mag"], np.float64)
 
@@ -158,8 +159,9 @@ def main() -> None:
     print(f"model {os.path.basename(os.path.normpath(model.path))}: {len(train)} training, "
           f"{len(valid)} validation stars")
     reconstruction(model, valid)
-    knn(model, train, valid)
-    outliers(model, train, valid)
+    training_inputs = usable(model, train, "train")
+    knn(model, train, training_inputs, valid)
+    outliers(model, training_inputs, valid)
 
 
 if __name__ == "__main__":
