@@ -237,3 +237,31 @@ def test_generate_input_errors(model, data, tmp_path):
     r = run("generate", tmp_path / "z4.fits", "--model", model, "-o", out)
     assert r.returncode == 1 and b"4 values per row, the model's latent space 6" in r.stderr
     assert not out.exists()
+
+
+def test_flux_excess_cut_leaves_out_blended_training_stars(tmp_path):
+    from xptools.errors import UserError
+    from xptools.photometry import ZERO_POINT
+    from xptools.train import Trainer
+
+    t = synthetic_sampled(60, seed=3)
+    # magnitudes of clean sources at BP - RP = 1, where Riello et al.'s colour term is
+    # 1.216844 = C = (I_BP + I_RP) / I_G; rows 0-4 get 30% more BP and RP flux (a neighbour)
+    i_g = 10 ** (-0.4 * (np.asarray(t["phot_g_mean_mag"], float) - ZERO_POINT["g"]))
+    rp_over_bp = 10 ** (-0.4 * (ZERO_POINT["bp"] - ZERO_POINT["rp"] - 1.0))  # I_RP / I_BP
+    excess = np.where(np.arange(60) < 5, 1.3, 1.0)
+    i_bp = 1.216844 * i_g * excess / (1 + rp_over_bp)
+    t["phot_bp_mean_mag"][:] = -2.5 * np.log10(i_bp) + ZERO_POINT["bp"]
+    t["phot_rp_mean_mag"][:] = t["phot_bp_mean_mag"] - 1.0
+    t["phot_rp_mean_mag"][5] = np.nan                   # unknown C*: kept
+    recipe = {"hyperparameters": {**TINY["hyperparameters"], "epochs": 1,
+                                  "max_flux_excess": 3.0}}
+    model = ScatterVAE.create(None, recipe)
+    split = model.fit_table(t, "train", Trainer(str(tmp_path / "w"), quiet=True))
+    assert split["usable_rows"] == 60 and split["flux_excess_rows"] == 5
+    assert split["train_rows"] + split["monitor_rows"] == 55
+    model.provenance = split                            # as xptools train sets it
+    assert "5 left out for a BP/RP flux excess" in model.card(None)
+    t.remove_columns(["phot_bp_mean_mag"])
+    with pytest.raises(UserError, match="max_flux_excess needs the column 'phot_bp_mean_mag'"):
+        ScatterVAE.create(None, recipe).fit_table(t, "train", Trainer(str(tmp_path / "v")))

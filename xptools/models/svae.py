@@ -157,6 +157,10 @@ class Hyperparameters:
     weight_decay: float = 0.01    # AdamW's default
     patience: int | None = None   # early stopping (epochs); None keeps the best of all epochs
     monitor_fraction: float = 0.05
+    # training stars: leave out those with |C*| > max_flux_excess sigma_C*(G) (a BP/RP flux
+    # excess, `xptools.photometry`): their XP spectra hold light that G does not, and a model
+    # that learns them learns to explain a wrong flux normalisation; None keeps every star
+    max_flux_excess: float | None = None
     # "mean": chi2~ and KL averaged over features and latent dimensions, as the paper prints
     # them; "sum": summed over them, as the authors' released code (xp_vae) computes them,
     # which weighs the KL term latent/features (6/115) times less against chi2~
@@ -282,13 +286,31 @@ class ScatterVAE:
         except (TypeError, ValueError) as e:
             raise UserError(f"recipe: {e}") from None
 
+    def _flux_excess_rows(self, table: Table, name: str) -> np.ndarray:
+        """The rows that pass the training flux-excess cut (all when there is none; a row
+        without BP or RP magnitude passes)."""
+        from xptools.photometry import flux_excess_significance
+
+        limit = self.hyper.max_flux_excess
+        if limit is None:
+            return np.ones(len(table), bool)
+        needed = ["phot_g_mean_mag", "phot_bp_mean_mag", "phot_rp_mean_mag"]
+        missing = [c for c in needed if c not in table]
+        if missing:
+            raise UserError(f"{name}: max_flux_excess needs the column {missing[0]!r}")
+        significance = flux_excess_significance(*(np.asarray(table[c], np.float64)
+                                                  for c in needed))
+        return ~(np.abs(significance) > limit)
+
     def fit_table(self, table: Table, name: str, trainer) -> dict:
-        """Train on every row with a complete spectrum and errors (labels are not used)."""
+        """Train on every row with a complete spectrum and errors that passes the flux-excess
+        cut (labels are not used)."""
         from xptools.train import Stage, cosine_warm_restarts
 
         h = self.hyper
         x, sigma, _, flags = self.inputs(table, name, errors=True, fit=True)
-        rows = flags & (FLAG_UNUSABLE | FLAG_NO_ERRORS) == 0
+        complete = flags & (FLAG_UNUSABLE | FLAG_NO_ERRORS) == 0
+        rows = complete & self._flux_excess_rows(table, name)
         if rows.sum() < 20:
             raise UserError(f"{name}: only {int(rows.sum())} rows with a complete XP spectrum "
                             f"and errors")
@@ -321,7 +343,8 @@ class ScatterVAE:
         self.fit_outlier_quantiles(self.reconstruct(x[rows], sigma[rows]))
         monitored = [e for e in stage.history if e["monitor_loss"] is not None]
         best = min(monitored, key=lambda e: e["monitor_loss"]) if monitored else {}
-        return {"rows": int(len(table)), "usable_rows": int(rows.sum()),
+        return {"rows": int(len(table)), "usable_rows": int(complete.sum()),
+                "flux_excess_rows": int((complete & ~rows).sum()),
                 "train_rows": int((~monitor).sum()), "monitor_rows": int(monitor.sum()),
                 "epochs_run": len(stage.history), "best_epoch": best.get("epoch"),
                 "device": "CPU, 1 thread"}
@@ -466,7 +489,11 @@ class ScatterVAE:
             "## Training", "",
             f"- data: {p.get('train_file')} (sha256 {str(p.get('train_sha256'))[:16]}...), "
             f"{p.get('usable_rows')} of {p.get('rows')} rows with a complete spectrum and "
-            f"errors; {p.get('monitor_rows')} held out (hash of source_id) to pick the best "
+            f"errors"
+            + (f", of which {p.get('flux_excess_rows')} left out for a BP/RP flux excess "
+               f"|C*| > {h.max_flux_excess:g} sigma_C*(G) (Riello et al. 2021)"
+               if h.max_flux_excess is not None else "")
+            + f"; {p.get('monitor_rows')} held out (hash of source_id) to pick the best "
             f"epoch, {p.get('train_rows')} trained on; labels not used",
             f"- network: encoder {self.features.n_xp} -> {' -> '.join(map(str, h.widths))} "
             f"(GELU) -> mu, log-variance ({h.latent}); two mirrored decoders (spectrum; "
