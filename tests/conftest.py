@@ -87,8 +87,9 @@ def synthetic_sampled(n=400, seed=0):
     t.add_column("flux", flux * (1 + 0.002 * rng.normal(size=flux.shape)))
     t.add_column("flux_error", 0.002 * flux)
     t.add_column("phot_g_mean_mag", g.astype(np.float32))
-    t.add_column("phot_bp_mean_mag", (g + 0.3 + 2000 / teff).astype(np.float32))
-    t.add_column("phot_rp_mean_mag", (g - 0.5 - 1000 / teff).astype(np.float32))
+    bp, rp = gaia_bp_rp(g, 0.8 + 3000 / teff)          # no BP/RP flux excess
+    t.add_column("phot_bp_mean_mag", bp.astype(np.float32))
+    t.add_column("phot_rp_mean_mag", rp.astype(np.float32))
     for band, offset in (("j_m", 1.2), ("h_m", 1.6), ("ks_m", 1.7)):
         t.add_column(band, (g - offset - 3000 / teff).astype(np.float32))
     t.add_column("teff", teff.astype(np.float32))
@@ -96,3 +97,16 @@ def synthetic_sampled(n=400, seed=0):
     t.add_column("logg", logg.astype(np.float32))
     t.add_column("logg_err", np.full(n, 0.05, np.float32))
     return t
+
+
+def gaia_bp_rp(g, bp_rp, excess=1.0):
+    """BP and RP magnitudes of colour ``bp_rp`` for G magnitudes ``g``, with ``excess`` times
+    the BP + RP flux of a clean source (Riello et al. 2021): excess 1 gives C* = 0."""
+    from xptools.photometry import ZERO_POINT, clean_excess_factor
+
+    i_g = 10 ** (-0.4 * (np.asarray(g, float) - ZERO_POINT["g"]))
+    bp_rp = np.asarray(bp_rp, float)
+    rp_over_bp = 10 ** (-0.4 * (ZERO_POINT["bp"] - ZERO_POINT["rp"] - bp_rp))  # I_RP / I_BP
+    i_bp = clean_excess_factor(bp_rp) * i_g * np.asarray(excess) / (1 + rp_over_bp)
+    bp = -2.5 * np.log10(i_bp) + ZERO_POINT["bp"]
+    return bp, bp - bp_rp

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import run, synthetic_sampled
+from conftest import gaia_bp_rp, run, synthetic_sampled
 from xptools.io import read_table, write_table
 
 TINY = {"labels": ["teff", "logg"],
@@ -112,6 +112,20 @@ def test_infer_robustness_and_flags(model, data, tmp_path):
     assert flags[5] & 64 and np.isnan(o["teff"][5])               # NaN + flag, not a crash
     assert np.isfinite(o["teff"][:5]).all()
     assert o["teff_error"][4] > o["teff_error"][0]                # less input, wider errors
+
+
+def test_infer_flags_a_bp_rp_flux_excess(model, data, tmp_path):
+    t = read_table(str(data / "valid.fits")).rows(slice(0, 3))
+    t.remove_columns(["teff", "logg", "teff_err", "logg_err"])
+    bp, rp = gaia_bp_rp(t["phot_g_mean_mag"], 1.0, [1.0, 1.3, 1.3])   # row 1: a neighbour's light
+    t["phot_bp_mean_mag"][:], t["phot_rp_mean_mag"][:] = bp, rp
+    t["phot_rp_mean_mag"][2] = np.nan                             # C* unknown: no flag
+    write_table(t, str(tmp_path / "in.fits"))
+    r = run("infer", tmp_path / "in.fits", "--model", model, "-o", tmp_path / "out.fits")
+    assert r.returncode == 0, r.stderr.decode()
+    flags = read_table(str(tmp_path / "out.fits"))["infer_flag"]
+    assert [bool(f & 256) for f in flags] == [False, True, False]
+    assert np.isfinite(read_table(str(tmp_path / "out.fits"))["teff"]).all()
 
 
 def test_infer_needs_the_default_grid(model, data, tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run, synthetic_continuous, synthetic_sampled
+from conftest import gaia_bp_rp, run, synthetic_continuous, synthetic_sampled
 from xptools.io import read_table, write_table
 from xptools.models.svae import (ScatterVAE, kl_divergence, knn_labels, outlier_statistics,
                                   scatter_chi2)
@@ -241,18 +241,12 @@ def test_generate_input_errors(model, data, tmp_path):
 
 def test_flux_excess_cut_leaves_out_blended_training_stars(tmp_path):
     from xptools.errors import UserError
-    from xptools.photometry import ZERO_POINT
     from xptools.train import Trainer
 
     t = synthetic_sampled(60, seed=3)
-    # magnitudes of clean sources at BP - RP = 1, where Riello et al.'s colour term is
-    # 1.216844 = C = (I_BP + I_RP) / I_G; rows 0-4 get 30% more BP and RP flux (a neighbour)
-    i_g = 10 ** (-0.4 * (np.asarray(t["phot_g_mean_mag"], float) - ZERO_POINT["g"]))
-    rp_over_bp = 10 ** (-0.4 * (ZERO_POINT["bp"] - ZERO_POINT["rp"] - 1.0))  # I_RP / I_BP
-    excess = np.where(np.arange(60) < 5, 1.3, 1.0)
-    i_bp = 1.216844 * i_g * excess / (1 + rp_over_bp)
-    t["phot_bp_mean_mag"][:] = -2.5 * np.log10(i_bp) + ZERO_POINT["bp"]
-    t["phot_rp_mean_mag"][:] = t["phot_bp_mean_mag"] - 1.0
+    bp, rp = gaia_bp_rp(t["phot_g_mean_mag"], 1.0,
+                        np.where(np.arange(60) < 5, 1.3, 1.0))
+    t["phot_bp_mean_mag"][:], t["phot_rp_mean_mag"][:] = bp, rp  # rows 0-4: 30% excess
     t["phot_rp_mean_mag"][5] = np.nan                   # unknown C*: kept
     recipe = {"hyperparameters": {**TINY["hyperparameters"], "epochs": 1,
                                   "max_flux_excess": 3.0}}

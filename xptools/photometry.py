@@ -17,20 +17,24 @@ import numpy as np
 ZERO_POINT = {"g": 25.6873668671, "bp": 25.3385422158, "rp": 24.7478955012}
 
 
+def clean_excess_factor(bp_rp) -> np.ndarray:
+    """C = (I_BP + I_RP) / I_G of a clean source of colour BP - RP (Riello et al. 2021, Eq. 6
+    with the coefficients of Table 2)."""
+    x = np.asarray(bp_rp, np.float64)
+    return np.where(x < 0.5, 1.154360 + 0.033772 * x + 0.032277 * x ** 2,
+                    np.where(x < 4.0,
+                             1.162004 + 0.011464 * x + 0.049255 * x ** 2 - 0.005879 * x ** 3,
+                             1.057572 + 0.140537 * x))
+
+
 def flux_excess(g, bp, rp) -> np.ndarray:
-    """C* (Riello et al. 2021, Eq. 6 with Table 2): the flux excess factor C = (I_BP + I_RP) /
-    I_G minus its colour dependence for clean sources; NaN where a magnitude is missing."""
+    """C* = C - C(clean source of the same colour), with C = (I_BP + I_RP) / I_G from the
+    three magnitudes; NaN where a magnitude is missing."""
     g, bp, rp = (np.asarray(m, np.float64) for m in (g, bp, rp))
     with np.errstate(invalid="ignore", over="ignore"):
         flux = {band: 10.0 ** (-0.4 * (m - ZERO_POINT[band]))
                 for band, m in (("g", g), ("bp", bp), ("rp", rp))}
-        c = (flux["bp"] + flux["rp"]) / flux["g"]
-        x = bp - rp
-        colour_term = np.where(
-            x < 0.5, 1.154360 + 0.033772 * x + 0.032277 * x ** 2,
-            np.where(x < 4.0, 1.162004 + 0.011464 * x + 0.049255 * x ** 2 - 0.005879 * x ** 3,
-                     1.057572 + 0.140537 * x))
-    return c - colour_term
+        return (flux["bp"] + flux["rp"]) / flux["g"] - clean_excess_factor(bp - rp)
 
 
 def flux_excess_sigma(g) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy as np
 
 from xptools.errors import UserError
 from xptools.io import Table
+from xptools.photometry import flux_excess_significance
 from xptools.xp import (BAND_OVERLAP, BANDS, DEFAULT_GRID, ContinuousLayout, detect_layout,
                         sampled_grid)
 
@@ -38,6 +39,8 @@ FLAG_PARTIAL_XP = 2
 FLAG_NO_PHOTOMETRY = 4
 FLAG_PARTIAL_PHOTOMETRY = 8
 FLAG_G_FROM_XP = 16
+FLAG_FLUX_EXCESS = 256   # |C*| > 3 sigma_C*(G): BP/RP flux excess, the XP spectrum holds light
+                         # that G does not (a neighbour); from the table's G, BP and RP
 # ... and from the model
 FLAG_OUT_OF_RANGE = 32   # a prediction outside the training labels' 0.5..99.5 percentiles
 FLAG_UNUSABLE = 64       # nothing to predict from: the outputs are NaN
@@ -110,6 +113,7 @@ class FeatureSpec:
         xp_seen = observed.sum(axis=1)
         flags |= np.where(xp_seen == 0, FLAG_NO_XP, 0)
         flags |= np.where((xp_seen > 0) & (xp_seen < self.n_xp), FLAG_PARTIAL_XP, 0)
+        flags |= np.where(np.abs(flux_excess_of(chunk)) > 3, FLAG_FLUX_EXCESS, 0)
         if self.photometry:
             colours = np.stack([_column(chunk, p, n) for p in self.photometry], 1) - g[:, None]
             seen = np.isfinite(colours)
@@ -178,6 +182,15 @@ class FeatureSpec:
         median, iqr = np.asarray(self.median), np.asarray(self.iqr)
         values = np.asarray(scaled, np.float64) * iqr + median
         return values if errors is None else (values, np.asarray(errors, np.float64) * iqr)
+
+
+GAIA_MAGNITUDES = ("phot_g_mean_mag", "phot_bp_mean_mag", "phot_rp_mean_mag")
+
+
+def flux_excess_of(chunk: Table) -> np.ndarray:
+    """C* / sigma_C*(G) of each row (`xptools.photometry`) from its G, BP and RP magnitudes;
+    NaN where one is missing."""
+    return flux_excess_significance(*(_column(chunk, c, len(chunk)) for c in GAIA_MAGNITUDES))
 
 
 def _column(chunk: Table, name: str, n: int) -> np.ndarray:

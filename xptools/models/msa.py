@@ -38,8 +38,8 @@ from torch import nn
 from xptools.errors import UserError
 from xptools.io import Table
 from xptools.metrics import label_metrics
-from xptools.models.features import (FLAG_OUT_OF_RANGE, FLAG_UNUSABLE, FeatureSpec, XPSource,
-                                     label_array, monitor_split)
+from xptools.models.features import (FLAG_FLUX_EXCESS, FLAG_OUT_OF_RANGE, FLAG_UNUSABLE,
+                                     FeatureSpec, XPSource, label_array, monitor_split)
 from xptools.xp import BANDS
 
 QUANTILES = (0.16, 0.5, 0.84)
@@ -345,10 +345,10 @@ class MaskedStellarAutoencoder:
                 "monitor_rows": int(monitor.sum())}
 
     def evaluate(self, table: Table, name: str) -> dict:
-        """Accuracy and calibration against the table's labels: all rows, and Teff < 7000 K
-        when Teff is a label (the cut the targets use)."""
+        """Accuracy and calibration against the table's labels: all rows, Teff < 7000 K when
+        Teff is a label (the cut the targets use), and subsets the card's limits cite."""
         y = label_array(table, self.labels, name)
-        x, observed, _ = self.inputs(table, name)
+        x, observed, flags = self.inputs(table, name)
         pred = self.predict(x, observed)
         subsets = {"all": np.ones(len(table), bool)}
         if "teff" in self.labels:
@@ -357,6 +357,7 @@ class MaskedStellarAutoencoder:
             subsets["teff>=7000"] = teff >= 7000
         if "fe_h" in self.labels:
             subsets["fe_h<-1"] = y[:, self.labels.index("fe_h")] < -1
+        subsets["flux excess"] = flags & FLAG_FLUX_EXCESS != 0
         report = {"file": name, "rows": int(len(table))}
         for subset, rows in subsets.items():
             report[subset] = {}
@@ -431,6 +432,10 @@ class MaskedStellarAutoencoder:
                   "2MASS or BP/RP magnitudes, gets wider uncertainties and a flag; "
                   "`python benchmarks/bench_accuracy.py` prints the accuracy and z-scores for "
                   "each case.",
+                  "- Sources with a BP/RP flux excess (infer_flag bit 256: |C*| > 3 "
+                  "sigma_C*(G), Riello et al. 2021) have a neighbour's light in their XP "
+                  "spectrum: their labels are less accurate and their z-scores wider than 1 "
+                  "(see the flux excess rows above).",
                   "- Labels are on the APOGEE DR17 (ASPCAP) scale, with its systematics.", ""]
         return "\n".join(lines)
 

@@ -42,8 +42,9 @@ from torch import nn
 from xptools.errors import UserError
 from xptools.io import Table
 from xptools.metrics import sigma_mad
-from xptools.models.features import (FLAG_NO_ERRORS, FLAG_UNUSABLE, FeatureSpec, XPSource,
-                                     label_array, monitor_split)
+from xptools.models.features import (FLAG_NO_ERRORS, FLAG_UNUSABLE, GAIA_MAGNITUDES,
+                                     FeatureSpec, XPSource, flux_excess_of, label_array,
+                                     monitor_split)
 
 PERCENTILES = np.linspace(0.0, 100.0, 1001)   # where the training score distributions are stored
 OUTLIER_SCORES = ("excess", "worst", "combined")
@@ -289,18 +290,13 @@ class ScatterVAE:
     def _flux_excess_rows(self, table: Table, name: str) -> np.ndarray:
         """The rows that pass the training flux-excess cut (all when there is none; a row
         without BP or RP magnitude passes)."""
-        from xptools.photometry import flux_excess_significance
-
         limit = self.hyper.max_flux_excess
         if limit is None:
             return np.ones(len(table), bool)
-        needed = ["phot_g_mean_mag", "phot_bp_mean_mag", "phot_rp_mean_mag"]
-        missing = [c for c in needed if c not in table]
+        missing = [c for c in GAIA_MAGNITUDES if c not in table]
         if missing:
             raise UserError(f"{name}: max_flux_excess needs the column {missing[0]!r}")
-        significance = flux_excess_significance(*(np.asarray(table[c], np.float64)
-                                                  for c in needed))
-        return ~(np.abs(significance) > limit)
+        return ~(np.abs(flux_excess_of(table)) > limit)
 
     def fit_table(self, table: Table, name: str, trainer) -> dict:
         """Train on every row with a complete spectrum and errors that passes the flux-excess
