@@ -8,7 +8,9 @@ The model defaults to the shipped `xptools infer` model. The baseline is one gra
 tree model per label (xgboost, `pip install xgboost-cpu`) on the model's unscaled inputs:
 log10(flux / G flux) on its wavelength grid and the colours against G, with early stopping on
 5% of the training stars. Both are scored with the same cuts: sigma_MAD of prediction - APOGEE
-for all stars and for Teff < 7000 K, and the z-score sigma_MAD with the APOGEE errors (same cuts).
+for all stars and for Teff < 7000 K, and the z-score sigma_MAD with the APOGEE errors (same cuts);
+and sigma_MAD apart for the stars without and with a BP/RP flux excess, |C*| > 3 sigma_C*(G)
+(infer_flag 256), whose XP spectra hold a neighbour's light.
 
 A second table takes inputs away from the validation stars (2MASS, all photometry but G, the
 BP or RP half of the spectrum: NaN below 636 nm or above 642 nm, as a source without that
@@ -27,7 +29,7 @@ import numpy as np
 from xptools import models
 from xptools.io import read_table
 from xptools.metrics import sigma_mad
-from xptools.models.features import XPSource, label_array, monitor_split
+from xptools.models.features import XPSource, flux_excess_of, label_array, monitor_split
 from xptools.xp import BAND_OVERLAP, DEFAULT_GRID
 
 MISSING = {  # case -> (columns removed, flux samples set to NaN)
@@ -121,14 +123,23 @@ def main() -> None:
     print(f"validation: {len(valid)} stars; sigma_MAD of prediction - APOGEE "
           f"(Teff for Teff < 7000 K, the others for all stars with the label)")
     print(f"{'model':<28}" + "".join(f"{l:>10}" for l in model.labels))
-    for name, p in rows.items():
+
+    def line(name, p, subset=True):
         cells = []
         for j, label in enumerate(model.labels):
-            d = p[:, j] - truth[:, j]
-            cells.append(sigma_mad(d[cool] if label == "teff" and cool is not None else d))
+            d = (p[:, j] - truth[:, j])[subset & (cool if label == "teff" and cool is not None
+                                                  else True)]
+            cells.append(sigma_mad(d))
         print(f"{name:<28}" + "".join(f"{c:>10.4g}" for c in cells))
+
+    for name, p in rows.items():
+        line(name, p)
     z = [zz for _, zz, _ in scores(pred, truth, cool, model.labels, valid)]
     print(f"{'z-score sigma_MAD (xptools)':<28}" + "".join(f"{c:>10.3f}" for c in z))
+    blended = np.abs(flux_excess_of(valid)) > 3
+    for name, p in rows.items():
+        line(f"{name.split()[0]}, |C*| <= 3 ({int((~blended).sum())})", p, ~blended)
+        line(f"{name.split()[0]}, |C*| > 3 ({int(blended.sum())})", p, blended)
     missing_inputs(model, valid, truth, cool)
 
 
