@@ -29,7 +29,8 @@ import numpy as np
 from xptools import models
 from xptools.io import read_table
 from xptools.metrics import sigma_mad
-from xptools.models.features import XPSource, flux_excess_of, label_array, monitor_split
+from xptools.models.features import (FLUX_EXCESS_LIMIT, XPSource, flux_excess_of, label_array,
+                                     monitor_split)
 from xptools.xp import BAND_OVERLAP, DEFAULT_GRID
 
 MISSING = {  # case -> (columns removed, flux samples set to NaN)
@@ -136,7 +137,7 @@ def main() -> None:
         line(name, p)
     z = [zz for _, zz, _ in scores(pred, truth, cool, model.labels, valid)]
     print(f"{'z-score sigma_MAD (xptools)':<28}" + "".join(f"{c:>10.3f}" for c in z))
-    blended = np.abs(flux_excess_of(valid)) > 3
+    blended = np.abs(flux_excess_of(valid)) > FLUX_EXCESS_LIMIT
     for name, p in rows.items():
         line(f"{name.split()[0]}, |C*| <= 3 ({int((~blended).sum())})", p, ~blended)
         line(f"{name.split()[0]}, |C*| > 3 ({int(blended.sum())})", p, blended)

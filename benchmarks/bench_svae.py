@@ -34,9 +34,9 @@ import numpy as np
 from xptools import models
 from xptools.io import read_table
 from xptools.metrics import sigma_mad
-from xptools.models.features import FLAG_NO_ERRORS, FLAG_UNUSABLE, label_array
+from xptools.models.features import (FLAG_NO_ERRORS, FLAG_UNUSABLE, FLUX_EXCESS_LIMIT,
+                                     flux_excess_of, label_array)
 from xptools.models.svae import knn_labels
-from xptools.photometry import flux_excess_significance
 from xptools.xp import BAND_OVERLAP, DEFAULT_GRID
 
 LABELS = ("teff", "logg", "fe_h", "alpha_m")
@@ -135,9 +135,7 @@ def outliers(model, training_inputs, valid):
         statistics = model.reconstruct(x, sigma)
         return model.outlier_percentile(statistics) > 99, statistics["chi2"] > chi2_p99
 
-    blended = np.abs(flux_excess_significance(
-        g, *(np.asarray(valid[c], np.float64)[rows]
-             for c in ("phot_bp_mean_mag", "phot_rp_mean_mag")))) > 3
+    blended = np.abs(flux_excess_of(valid.rows(rows))) > FLUX_EXCESS_LIMIT
 
     def line(name, flagged):
         print(f"   {name:<44}{np.mean(flagged[0]):>10.3f}{np.mean(flagged[0][~blended]):>12.3f}"

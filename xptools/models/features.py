@@ -39,12 +39,14 @@ FLAG_PARTIAL_XP = 2
 FLAG_NO_PHOTOMETRY = 4
 FLAG_PARTIAL_PHOTOMETRY = 8
 FLAG_G_FROM_XP = 16
-FLAG_FLUX_EXCESS = 256   # |C*| > 3 sigma_C*(G): BP/RP flux excess, the XP spectrum holds light
-                         # that G does not (a neighbour); from the table's G, BP and RP
 # ... and from the model
 FLAG_OUT_OF_RANGE = 32   # a prediction outside the training labels' 0.5..99.5 percentiles
 FLAG_UNUSABLE = 64       # nothing to predict from: the outputs are NaN
 FLAG_NO_ERRORS = 128     # XP errors missing, NaN or not positive: no chi2 for the row
+# ... and from the table's G, BP and RP magnitudes: |C*| > FLUX_EXCESS_LIMIT sigma_C*(G), a
+# BP/RP flux excess (`xptools.photometry`); the XP spectrum holds light G does not (a neighbour)
+FLAG_FLUX_EXCESS = 256
+FLUX_EXCESS_LIMIT = 3.0  # in units of sigma_C*(G)
 
 
 @dataclass
@@ -113,7 +115,7 @@ class FeatureSpec:
         xp_seen = observed.sum(axis=1)
         flags |= np.where(xp_seen == 0, FLAG_NO_XP, 0)
         flags |= np.where((xp_seen > 0) & (xp_seen < self.n_xp), FLAG_PARTIAL_XP, 0)
-        flags |= np.where(np.abs(flux_excess_of(chunk)) > 3, FLAG_FLUX_EXCESS, 0)
+        flags |= np.where(np.abs(flux_excess_of(chunk)) > FLUX_EXCESS_LIMIT, FLAG_FLUX_EXCESS, 0)
         if self.photometry:
             colours = np.stack([_column(chunk, p, n) for p in self.photometry], 1) - g[:, None]
             seen = np.isfinite(colours)
