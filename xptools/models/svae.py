@@ -528,4 +528,10 @@ class ScatterVAE:
                   "- The outlier percentile (docs/generate.md) catches large spectral "
                   "defects but misses a share of small ones; benchmarks/bench_svae.py "
                   "measures it on injected defects.", ""]
+        if h.max_flux_excess is not None:
+            lines[-1:] = [f"- Stars with a BP/RP flux excess, |C*| > {h.max_flux_excess:g} "
+                          "sigma_C*(G), were left out of training: their XP spectra hold a "
+                          "neighbour's light, so this model finds such stars atypical and "
+                          "their outlier percentiles run high; flag bit 256 marks those above "
+                          "3 sigma.", ""]
         return "\n".join(lines)
