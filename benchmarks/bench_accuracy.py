@@ -139,8 +139,9 @@ def main() -> None:
     print(f"{'z-score sigma_MAD (xptools)':<28}" + "".join(f"{c:>10.3f}" for c in z))
     blended = np.abs(flux_excess_of(valid)) > FLUX_EXCESS_LIMIT
     for name, p in rows.items():
-        line(f"{name.split()[0]}, |C*| <= 3 ({int((~blended).sum())})", p, ~blended)
-        line(f"{name.split()[0]}, |C*| > 3 ({int(blended.sum())})", p, blended)
+        for subset, sign in ((~blended, "<="), (blended, ">")):
+            line(f"{name.split()[0]}, |C*| {sign} {FLUX_EXCESS_LIMIT:g} ({int(subset.sum())})", p,
+                 subset)
     missing_inputs(model, valid, truth, cool)
 
 
