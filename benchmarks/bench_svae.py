@@ -71,11 +71,10 @@ def reconstruction(model, valid):
               f"(target: none)")
 
 
-def knn(model, train, training_inputs, valid):
+def knn(model, train, training, valid):
     print("2. k-NN (k = 20) from the training stars to the validation stars, sigma_MAD")
-    x_train, _, rows_train = training_inputs
+    x_train, rows_train, z_train = training["x"], training["rows"], training["z"]
     x_valid, _, rows_valid = usable(model, valid, "valid")
-    z_train, _ = model.embed(x_train)
     z_valid, _ = model.embed(x_valid)
     mean = x_train.mean(axis=0)
     components = np.linalg.svd(x_train - mean, full_matrices=False)[2][:model.latent]
@@ -118,10 +117,9 @@ def injected(flux, g, kind, amplitude, rng, grid, model_grid):
     return flux, g
 
 
-def outliers(model, training_inputs, valid):
+def outliers(model, training, valid):
     print("3. outliers: fraction of validation stars above the training 99th percentile")
-    x_train, sigma_train, _ = training_inputs
-    chi2_p99 = np.percentile(model.reconstruct(x_train, sigma_train)["chi2"], 99)
+    chi2_p99 = np.percentile(training["chi2"], 99)
     _, _, rows = usable(model, valid, "valid")
     table = valid.rows(rows).select(["source_id", "flux", "flux_error", "phot_g_mean_mag"])
     grid = DEFAULT_GRID
@@ -142,9 +140,10 @@ def outliers(model, training_inputs, valid):
               f"{np.mean(flagged[1]):>12.3f}")
 
     print(f"   {'':<44}{'outlier_percentile':>22}{'chi2 alone':>12}")
-    print(f"   {'':<44}{'all':>10}{'|C*| <= 3':>12}{'all':>12}")
+    cut = f"|C*| <= {FLUX_EXCESS_LIMIT:g}"
+    print(f"   {'':<44}{'all':>10}{cut:>12}{'all':>12}")
     clean = above(flux, g)
-    line(f"no defect ({len(flux)} stars, {int((~blended).sum())} with |C*| <= 3)", clean)
+    line(f"no defect ({len(flux)} stars, {int((~blended).sum())} with {cut})", clean)
     rng = np.random.default_rng(0)
     for kind, amplitudes in DEFECTS.items():
         for i, a in enumerate(amplitudes):
@@ -152,8 +151,8 @@ def outliers(model, training_inputs, valid):
             line(kind + ", a = " + format(a, "g") + ("*" if i == 0 else " "),
                  above(f, gm))
     print("   (target: >= 0.95 for each defect at the headline amplitude *)")
-    print(f"   no defect, the {int(blended.sum())} stars with |C*| > 3 sigma_C* (BP/RP flux "
-          f"excess): {np.mean(clean[0][blended]):.3f} above 99")
+    print(f"   no defect, the {int(blended.sum())} stars with |C*| > {FLUX_EXCESS_LIMIT:g} "
+          f"sigma_C* (BP/RP flux excess): {np.mean(clean[0][blended]):.3f} above 99")
 
 
 def main() -> None:
@@ -168,9 +167,10 @@ def main() -> None:
     print(f"model {os.path.basename(os.path.normpath(model.path))}: {len(train)} training, "
           f"{len(valid)} validation stars")
     reconstruction(model, valid)
-    training_inputs = usable(model, train, "train")
-    knn(model, train, training_inputs, valid)
-    outliers(model, training_inputs, valid)
+    x_train, sigma_train, rows_train = usable(model, train, "train")
+    training = {"x": x_train, "rows": rows_train, **model.reconstruct(x_train, sigma_train)}
+    knn(model, train, training, valid)
+    outliers(model, training, valid)
 
 
 if __name__ == "__main__":

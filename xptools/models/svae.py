@@ -42,8 +42,8 @@ from torch import nn
 from xptools.errors import UserError
 from xptools.io import Table
 from xptools.metrics import sigma_mad
-from xptools.models.features import (FLAG_NO_ERRORS, FLAG_UNUSABLE, GAIA_MAGNITUDES,
-                                     FeatureSpec, XPSource, flux_excess_of, label_array,
+from xptools.models.features import (FLAG_NO_ERRORS, FLAG_UNUSABLE, FLUX_EXCESS_LIMIT,
+                                     GAIA_MAGNITUDES, FeatureSpec, XPSource, flux_excess_of, label_array,
                                      monitor_split)
 
 PERCENTILES = np.linspace(0.0, 100.0, 1001)   # where the training score distributions are stored
@@ -264,15 +264,17 @@ class ScatterVAE:
         x, sigma = self.features.scale(values, np.where(good[:, None], errors, np.nan))
         return x, sigma, usable, flags
 
-    def inputs(self, table: Table, name: str, errors: bool = True, fit: bool = False):
-        """`prepare` for a whole table (fitting the feature scalers first when ``fit``)."""
+    def inputs(self, table: Table, name: str, errors: bool = True,
+               fit_rows: np.ndarray | None = None):
+        """`prepare` for a whole table (fitting the feature scalers first on the rows of the
+        boolean mask ``fit_rows``, when given)."""
         source = XPSource(table, name, self.features, with_errors=errors)
         xp, xp_error = source(table)
         if errors and xp_error is None:
             raise UserError(f"{name}: no flux_error column (the sVAE weighs each sample by its "
                             f"error)")
-        if fit:
-            self.features.fit(table, xp)
+        if fit_rows is not None:
+            self.features.fit(table.rows(fit_rows), xp[fit_rows])
         return self.prepare(table, xp, xp_error)
 
     # -- training -------------------------------------------------------------------------
@@ -304,9 +306,10 @@ class ScatterVAE:
         from xptools.train import Stage, cosine_warm_restarts
 
         h = self.hyper
-        x, sigma, _, flags = self.inputs(table, name, errors=True, fit=True)
+        kept = self._flux_excess_rows(table, name)
+        x, sigma, _, flags = self.inputs(table, name, errors=True, fit_rows=kept)
         complete = flags & (FLAG_UNUSABLE | FLAG_NO_ERRORS) == 0
-        rows = complete & self._flux_excess_rows(table, name)
+        rows = complete & kept
         if rows.sum() < 20:
             raise UserError(f"{name}: only {int(rows.sum())} rows with a complete XP spectrum "
                             f"and errors")
@@ -532,6 +535,6 @@ class ScatterVAE:
             lines[-1:] = [f"- Stars with a BP/RP flux excess, |C*| > {h.max_flux_excess:g} "
                           "sigma_C*(G), were left out of training: their XP spectra hold a "
                           "neighbour's light, so this model finds such stars atypical and "
-                          "their outlier percentiles run high; flag bit 256 marks those above "
-                          "3 sigma.", ""]
+                          f"their outlier percentiles run high; flag bit 256 marks those above "
+                          f"{FLUX_EXCESS_LIMIT:g} sigma.", ""]
         return "\n".join(lines)
