@@ -12,7 +12,9 @@ The model defaults to the shipped `xptools embed` model.
    sigma in quadrature).
 2. k-NN: each validation star's label is the mean over its 20 nearest training stars in z
    (Euclidean); sigma_MAD of prediction - APOGEE. For comparison the same k-NN on the 115
-   standardised input features the encoder sees, and on their first 6 principal components.
+   standardised input features the encoder sees, and on their first 6 principal components;
+   then z and the input features by APOGEE's K-band extinction (ak_targ, when present), with
+   the share of dwarfs in each bin.
 3. Outliers: defects injected into validation spectra (sampled flux, 2 nm grid), each star's
    outlier percentile among the training stars (docs/generate.md): the fraction above 99; for
    comparison, the fraction above the training stars' 99th percentile of chi2 alone. The
@@ -49,6 +51,7 @@ from xptools.xp import BAND_OVERLAP, DEFAULT_GRID
 LABELS = ("teff", "logg", "fe_h", "alpha_m")
 FALSE_POSITIVES = 0.01  # the fraction of training stars above their 99th percentile
 BP_EDGE = sum(BAND_OVERLAP) / 2  # nm: the middle of the BP/RP overlap; the "BP half" is below
+AK_BINS = [(0.0, 0.05), (0.05, 0.2), (0.2, np.inf)]  # mag, for the k-NN by extinction
 DEFECTS = {  # name -> amplitudes; the first is the headline
     "BP half scaled by (1 +/- a)": [0.10, 0.05, 0.20],
     "spike of +a x flux at one sample": [0.20, 0.10, 0.50],
@@ -93,19 +96,34 @@ def knn(model, train, training, valid):
     y_train = label_array(train, list(LABELS), "train")[rows_train]
     y_valid = label_array(valid, list(LABELS), "valid")[rows_valid]
     cool = y_valid[:, 0] < 7000
-    print(f"   {'space':<30}{'Teff':>8}{'Teff<7000':>11}{'logg':>8}{'[Fe/H]':>8}"
-          f"{'[a/M]':>8}")
+    errors = {}
     for name, (a, b) in spaces.items():
-        cells = []
-        for j in range(len(LABELS)):
-            known = np.isfinite(y_train[:, j])
-            d = knn_labels(a[known], y_train[known, j], b, k=20) - y_valid[:, j]
-            cells.append(sigma_mad(d))
-            if j == 0:
-                cells.append(sigma_mad(d[cool]))
+        errors[name] = np.stack([knn_labels(a[known], y_train[known, j], b, k=20) - y_valid[:, j]
+                                 for j in range(len(LABELS))
+                                 for known in [np.isfinite(y_train[:, j])]], axis=1)
+
+    def row(name, d, stars):
+        cells = [sigma_mad(d[stars, 0]), sigma_mad(d[stars & cool, 0]),
+                 *(sigma_mad(d[stars, j]) for j in range(1, len(LABELS)))]
         print(f"   {name:<30}" + "".join(f"{c:>8.3g}" if i != 1 else f"{c:>11.3g}"
                                           for i, c in enumerate(cells)))
+
+    print(f"   {'space':<30}{'Teff':>8}{'Teff<7000':>11}{'logg':>8}{'[Fe/H]':>8}"
+          f"{'[a/M]':>8}")
+    everyone = np.ones(len(y_valid), bool)
+    for name, d in errors.items():
+        row(name, d, everyone)
     print("   (targets for z: Teff <= 100 K, [Fe/H] <= 0.12 dex)")
+    if "ak_targ" in valid:
+        ak = np.asarray(valid["ak_targ"], np.float64)[rows_valid]
+        print("   by APOGEE's K-band extinction ak_targ (stars; dwarfs, logg > 3.5):")
+        for low, high in AK_BINS:
+            stars = (ak >= low) & (ak < high)
+            dwarfs = np.mean(y_valid[stars, 1] > 3.5)
+            for name in ("z (6-d latent)", "input features (115-d)"):
+                row(f"{name.split(' (')[0]}, A_K {low:g}-{high:g} ({int(stars.sum())}; "
+                    f"{dwarfs:.2f})" if name.startswith("z") else f"{name.split(' (')[0]}, same",
+                    errors[name], stars)
 
 
 def injected(flux, g, kind, amplitude, rng, grid, model_grid):

@@ -525,9 +525,9 @@ class ScatterVAE:
                   "- The latent axes are not labels: their order and sign are arbitrary and "
                   "change between trainings; the KL term can leave some of them nearly unused "
                   "(near-zero spread of z).",
-                  "- z is a coarse proxy for stellar labels: the spectrum is normalised by G, "
-                  "not dereddened, so temperature and reddening are blended (see the k-NN rows "
-                  "above, and benchmarks/bench_svae.py for the same k-NN on the input flux).",
+                  "- z is a coarse proxy for stellar labels (see the k-NN rows above; "
+                  "benchmarks/bench_svae.py compares the same k-NN on the input flux and "
+                  "splits it by extinction).",
                   "- The outlier percentile (docs/generate.md) catches large spectral "
                   "defects but misses a share of small ones; benchmarks/bench_svae.py "
                   "measures it on injected defects.", ""]
