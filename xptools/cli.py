@@ -97,9 +97,11 @@ def _torch(threads: int):
     """torch, imported for a model command, with ``threads`` CPU threads and Intel MKL in its
     reproducible mode (fixed reductions and static scheduling, unless $MKL_CBWR says
     otherwise): without it MKL does not promise equal results from run to run, which
-    `--seed` needs."""
+    `--seed` needs. MKL's reproducibility conditions also ask for a fixed thread count, so
+    neither MKL nor OpenMP may change it at run time (MKL_DYNAMIC, OMP_DYNAMIC)."""
     os.environ.setdefault("MKL_CBWR", "AUTO")    # read when MKL starts, i.e. at import
     os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+    os.environ.setdefault("OMP_DYNAMIC", "FALSE")
     import torch
 
     torch.set_num_threads(threads)
