@@ -96,11 +96,16 @@ def knn(model, train, training, valid):
     y_train = label_array(train, list(LABELS), "train")[rows_train]
     y_valid = label_array(valid, list(LABELS), "valid")[rows_valid]
     cool = y_valid[:, 0] < 7000
-    errors = {}
-    for name, (a, b) in spaces.items():
-        errors[name] = np.stack([knn_labels(a[known], y_train[known, j], b, k=20) - y_valid[:, j]
-                                 for j in range(len(LABELS))
-                                 for known in [np.isfinite(y_train[:, j])]], axis=1)
+
+    def knn_errors(a, b):
+        """(n_valid, len(LABELS)): k-NN prediction - APOGEE, from training rows a to rows b."""
+        columns = []
+        for j in range(len(LABELS)):
+            known = np.isfinite(y_train[:, j])
+            columns.append(knn_labels(a[known], y_train[known, j], b, k=20) - y_valid[:, j])
+        return np.stack(columns, axis=1)
+
+    errors = {name: knn_errors(a, b) for name, (a, b) in spaces.items()}
 
     def row(name, d, stars):
         cells = [sigma_mad(d[stars, 0]), sigma_mad(d[stars & cool, 0]),
@@ -120,10 +125,9 @@ def knn(model, train, training, valid):
         for low, high in AK_BINS:
             stars = (ak >= low) & (ak < high)
             dwarfs = np.mean(y_valid[stars, 1] > 3.5)
-            for name in ("z (6-d latent)", "input features (115-d)"):
-                row(f"{name.split(' (')[0]}, A_K {low:g}-{high:g} ({int(stars.sum())}; "
-                    f"{dwarfs:.2f})" if name.startswith("z") else f"{name.split(' (')[0]}, same",
-                    errors[name], stars)
+            row(f"z, A_K {low:g}-{high:g} ({int(stars.sum())}; {dwarfs:.2f})",
+                errors["z (6-d latent)"], stars)
+            row("input features, same", errors["input features (115-d)"], stars)
 
 
 def injected(flux, g, kind, amplitude, rng, grid, model_grid):
@@ -151,20 +155,21 @@ def noise_limit(kind, amplitude, flux, error, grid, model_grid, fpr=FALSE_POSITI
     r_i / sigma_i against the threshold t with Phi(t)^N = 1 - fpr. The observed flux stands in
     for the true one."""
     read = np.isin(grid, model_grid)
-    snr = np.abs(flux) / error
+    grid = grid[read]
+    snr = np.abs(flux[:, read]) / error[:, read]
     z = norm.isf(fpr)
     if kind.startswith("BP"):
-        d = amplitude * np.sqrt(np.sum(snr[:, read & (grid < BP_EDGE)] ** 2, axis=1))
+        d = amplitude * np.sqrt(np.sum(snr[:, grid < BP_EDGE] ** 2, axis=1))
         return np.mean(norm.cdf(d - z)), None
     if kind.startswith("G"):
-        whole = np.sqrt(np.sum(snr[:, read] ** 2, axis=1))
+        whole = np.sqrt(np.sum(snr ** 2, axis=1))
         powers = [norm.cdf(abs(10 ** (0.4 * sign * amplitude) - 1) * whole - z)
                   for sign in (-1.0, 1.0)]
         return np.mean(powers), None
-    candidates = read & (grid >= 400) & (grid <= 1000)
-    d = amplitude * snr[:, candidates]
-    t = norm.ppf((1 - fpr) ** (1 / candidates.sum()))
-    unknown = 1 - norm.cdf(t) ** (candidates.sum() - 1) * norm.cdf(t - d)
+    d = amplitude * snr[:, (grid >= 400) & (grid <= 1000)]   # one column per candidate sample
+    n = d.shape[1]
+    t = norm.ppf((1 - fpr) ** (1 / n))
+    unknown = 1 - norm.cdf(t) ** (n - 1) * norm.cdf(t - d)
     return np.mean(norm.cdf(d - z)), np.mean(unknown)
 
 
@@ -202,8 +207,8 @@ def outliers(model, training, valid):
         for i, a in enumerate(amplitudes):
             f, gm = injected(flux, g, kind, a, rng, grid, model.wavelengths)
             known, unknown = noise_limit(kind, a, flux, error, grid, model.wavelengths)
-            line(kind + ", a = " + format(a, "g") + ("*" if i == 0 else " "),
-                 above(f, gm), f"{known:.3f}" + (f" ({unknown:.3f})" if unknown else ""))
+            limit = f"{known:.3f}" + (f" ({unknown:.3f})" if unknown is not None else "")
+            line(kind + ", a = " + format(a, "g") + ("*" if i == 0 else " "), above(f, gm), limit)
     print("   (target: >= 0.95 for each defect at the headline amplitude *; noise limit in "
           "brackets: the spike's sample unknown)")
     print(f"   no defect, the {int(blended.sum())} stars with |C*| > {FLUX_EXCESS_LIMIT:g} "
