@@ -66,27 +66,31 @@ def usable(model, table, name):
     return x[rows], sigma[rows], rows
 
 
-def reconstruction(model, valid):
+def reconstructed(model, table, name):
+    """The usable rows' x, sigma, their row mask and `model.reconstruct` of them."""
+    x, sigma, rows = usable(model, table, name)
+    return {"x": x, "sigma": sigma, "rows": rows, **model.reconstruct(x, sigma)}
+
+
+def reconstruction(model, valid, validation):
     report = model.evaluate(valid, "valid")
     r = report["reconstruction"]
     print(f"1. reconstruction, {report['usable_rows']} validation stars (z = mu)")
     print(f"   median |x_hat - x| / x, 400-1000 nm               "
           f"{r['median_abs_fractional_residual_400_1000nm']:.4f}   (target <= 0.02)")
-    x, sigma, _ = usable(model, valid, "valid")
-    out = model.reconstruct(x, sigma)
-    for what, scale in (("sigma", sigma),
-                        ("sqrt(sigma^2 + s_hat^2)", np.sqrt(sigma ** 2 + out["s_hat"] ** 2))):
-        bias = np.abs(np.median((x - out["x_hat"]) / scale, axis=0))
+    x, sigma, x_hat, s_hat = (validation[k] for k in ("x", "sigma", "x_hat", "s_hat"))
+    total = np.sqrt(sigma ** 2 + s_hat ** 2)
+    for what, scale in (("sigma", sigma), ("sqrt(sigma^2 + s_hat^2)", total)):
+        bias = np.abs(np.median((x - x_hat) / scale, axis=0))
         print(f"   R = (x - x_hat) / {what:<24}: max |median| {bias.max():.3f}, "
               f"samples with |median| >= 0.1: {int((bias >= 0.1).sum())} of {len(bias)} "
               f"(target: none)")
 
 
-def knn(model, train, training, valid):
+def knn(model, train, training, valid, validation):
     print("2. k-NN (k = 20) from the training stars to the validation stars, sigma_MAD")
     x_train, rows_train, z_train = training["x"], training["rows"], training["z"]
-    x_valid, _, rows_valid = usable(model, valid, "valid")
-    z_valid, _ = model.embed(x_valid)
+    x_valid, rows_valid, z_valid = validation["x"], validation["rows"], validation["z"]
     mean = x_train.mean(axis=0)
     components = np.linalg.svd(x_train - mean, full_matrices=False)[2][:model.latent]
     spaces = {"z (6-d latent)": (z_train, z_valid),
@@ -173,10 +177,9 @@ def noise_limit(kind, amplitude, flux, error, grid, model_grid, fpr=FALSE_POSITI
     return np.mean(norm.cdf(d - z)), np.mean(unknown)
 
 
-def outliers(model, training, valid):
+def outliers(model, training, valid, rows):
     print("3. outliers: fraction of validation stars above the training 99th percentile")
     chi2_p99 = np.percentile(training["chi2"], 99)
-    _, _, rows = usable(model, valid, "valid")
     table = valid.rows(rows).select(["source_id", "flux", "flux_error", "phot_g_mean_mag"])
     grid = DEFAULT_GRID
     flux = np.asarray(table["flux"], np.float64)
@@ -226,11 +229,11 @@ def main() -> None:
     valid = read_table(os.path.join(args.data, "apogee_valid.fits"))
     print(f"model {os.path.basename(os.path.normpath(model.path))}: {len(train)} training, "
           f"{len(valid)} validation stars")
-    reconstruction(model, valid)
-    x_train, sigma_train, rows_train = usable(model, train, "train")
-    training = {"x": x_train, "rows": rows_train, **model.reconstruct(x_train, sigma_train)}
-    knn(model, train, training, valid)
-    outliers(model, training, valid)
+    validation = reconstructed(model, valid, "valid")
+    training = reconstructed(model, train, "train")
+    reconstruction(model, valid, validation)
+    knn(model, train, training, valid, validation)
+    outliers(model, training, valid, validation["rows"])
 
 
 if __name__ == "__main__":
