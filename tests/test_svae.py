@@ -53,6 +53,11 @@ def test_loss_is_the_papers():
     mu[0, 0], log_var[1, 2] = 2.0, np.log(4.0)
     assert float(kl_divergence(mu, log_var)) == pytest.approx(
         (4.0 + (4.0 - 1 - np.log(4.0))) / 18, rel=1e-6)
+    # "sum" (the authors' released code): summed over features or latent dimensions
+    assert float(scatter_chi2(x, sigma, x_hat, s_hat, "sum")) == pytest.approx(2 * expected,
+                                                                               rel=1e-6)
+    assert float(kl_divergence(mu, log_var, "sum")) == pytest.approx(
+        (4.0 + (4.0 - 1 - np.log(4.0))) / 3, rel=1e-6)
 
 
 def test_outlier_statistics():
@@ -110,6 +115,16 @@ def test_model_directory(model):
     card = (model / "card.md").read_text()
     for section in ("## Training", "## Validation", "## Known limits"):
         assert section in card
+    assert "as the paper prints them" in card                 # TINY keeps reduction "mean"
+
+
+def test_card_states_the_loss_reduction(model):
+    from xptools import models
+
+    loaded = models.load(str(model))
+    loaded.hyper.reduction = "sum"
+    assert ("summed over features or latent dimensions and averaged over stars, as the "
+            "authors' released code (xp_vae) computes them" in loaded.card(None))
 
 
 def test_embed_adds_latents_and_keeps_columns(model, data, tmp_path):

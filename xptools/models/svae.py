@@ -497,7 +497,12 @@ class ScatterVAE:
             f"- network: encoder {self.features.n_xp} -> {' -> '.join(map(str, h.widths))} "
             f"(GELU) -> mu, log-variance ({h.latent}); two mirrored decoders (spectrum; "
             f"scatter through a sigmoid); {n_params:,} parameters",
-            f"- loss: chi2~ + KL as written in the paper (Eqs. 1-5)",
+            "- loss: chi2~ + KL (the paper's Eqs. 1-5), "
+            + ("each averaged over stars and over features or latent dimensions, as the paper "
+               "prints them" if h.reduction == "mean" else
+               f"each summed over features or latent dimensions and averaged over stars, as the "
+               f"authors' released code (xp_vae) computes them; the paper prints means, which "
+               f"weigh KL {self.features.n_xp}/{h.latent} times more against chi2~"),
             f"- optimiser: AdamW (weight decay {h.weight_decay}), batch {h.batch_size}, cosine "
             f"annealing with warm restarts every {h.restart_epochs} epochs from {h.lr:g} to "
             f"{h.min_lr:g}; epoch budget {h.epochs}"
