@@ -13,8 +13,10 @@ The model defaults to the shipped `xptools embed` model.
 2. k-NN: each validation star's label is the mean over its 20 nearest training stars in z
    (Euclidean); sigma_MAD of prediction - APOGEE. For comparison the same k-NN on the 115
    standardised input features the encoder sees, and on their first 6 principal components;
-   then z and the input features by APOGEE's K-band extinction (ak_targ, when present), with
-   the share of dwarfs in each bin.
+   the standard deviation of each latent dimension over the training stars (a dimension the
+   KL term has pulled onto the prior has mu near 0 for every star); then z and the input
+   features by APOGEE's K-band extinction (ak_targ, when present), with the share of dwarfs
+   in each bin.
 3. Outliers: defects injected into validation spectra (sampled flux, 2 nm grid), each star's
    outlier percentile among the training stars (docs/generate.md): the fraction above 99; for
    comparison, the fraction above the training stars' 99th percentile of chi2 alone. The
@@ -123,6 +125,8 @@ def knn(model, train, training, valid, validation):
     for name, d in errors.items():
         row(name, d, everyone)
     print("   (targets for z: Teff <= 100 K, [Fe/H] <= 0.12 dex)")
+    print("   spread of z over the training stars, per latent dimension (near 0: unused): "
+          + " ".join(f"{s:.3g}" for s in z_train.std(axis=0)))
     if "ak_targ" in valid:
         ak = np.asarray(valid["ak_targ"], np.float64)[rows_valid]
         print("   by APOGEE's K-band extinction ak_targ (stars; dwarfs, logg > 3.5):")
