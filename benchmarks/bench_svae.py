@@ -74,16 +74,13 @@ def reconstructed(model, table, name):
     return {"x": x, "sigma": sigma, "rows": rows, **model.reconstruct(x, sigma)}
 
 
-def reconstruction(model, valid, validation):
-    report = model.evaluate(valid, "valid")
-    r = report["reconstruction"]
-    print(f"1. reconstruction, {report['usable_rows']} validation stars (z = mu)")
+def reconstruction(model, validation):
+    residuals = model.residuals(validation["x"], validation["sigma"], validation)
+    print(f"1. reconstruction, {len(validation['x'])} validation stars (z = mu)")
     print(f"   median |x_hat - x| / x, 400-1000 nm               "
-          f"{r['median_abs_fractional_residual_400_1000nm']:.4f}   (target <= 0.02)")
-    x, sigma, x_hat, s_hat = (validation[k] for k in ("x", "sigma", "x_hat", "s_hat"))
-    total = np.sqrt(sigma ** 2 + s_hat ** 2)
-    for what, scale in (("sigma", sigma), ("sqrt(sigma^2 + s_hat^2)", total)):
-        bias = np.abs(np.median((x - x_hat) / scale, axis=0))
+          f"{np.nanmedian(residuals['fractional']):.4f}   (target <= 0.02)")
+    for what, r in (("sigma", "r_error"), ("sqrt(sigma^2 + s_hat^2)", "r_total")):
+        bias = np.abs(np.median(residuals[r], axis=0))
         print(f"   R = (x - x_hat) / {what:<24}: max |median| {bias.max():.3f}, "
               f"samples with |median| >= 0.1: {int((bias >= 0.1).sum())} of {len(bias)} "
               f"(target: none)")
@@ -235,7 +232,7 @@ def main() -> None:
           f"{len(valid)} validation stars")
     validation = reconstructed(model, valid, "valid")
     training = reconstructed(model, train, "train")
-    reconstruction(model, valid, validation)
+    reconstruction(model, validation)
     knn(model, train, training, valid, validation)
     outliers(model, training, valid, validation["rows"])
 

@@ -409,6 +409,22 @@ class ScatterVAE:
 
     # -- validation -----------------------------------------------------------------------
 
+    def residuals(self, x: np.ndarray, sigma: np.ndarray,
+                  out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per star and feature, from `reconstruct`'s ``out``: the fractional flux residual
+        |x_hat - x| / |x| in RECONSTRUCTION_WINDOW (unscaled), R = (x - x_hat) / sigma
+        ("r_error") and R with the scatter added, (x - x_hat) / sqrt(sigma^2 + s_hat^2)
+        ("r_total")."""
+        raw = self.features.unscale(x)
+        raw_hat = self.features.unscale(out["x_hat"])
+        window = ((self.wavelengths >= RECONSTRUCTION_WINDOW[0])
+                  & (self.wavelengths <= RECONSTRUCTION_WINDOW[1]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fractional = np.abs(raw_hat - raw)[:, window] / np.abs(raw[:, window])
+        return {"fractional": fractional,
+                "r_error": (x - out["x_hat"]) / sigma,
+                "r_total": (x - out["x_hat"]) / np.sqrt(sigma ** 2 + out["s_hat"] ** 2)}
+
     def evaluate(self, table: Table, name: str) -> dict:
         """Reconstruction quality and the outlier scores of a table's stars, and when it has
         labels, how well a k-NN (k = 20) in the latent space recovers them (each star
@@ -417,14 +433,8 @@ class ScatterVAE:
         rows = flags & (FLAG_UNUSABLE | FLAG_NO_ERRORS) == 0
         x, sigma = x[rows], sigma[rows]
         out = self.reconstruct(x, sigma)
-        raw = self.features.unscale(x)
-        raw_hat = self.features.unscale(out["x_hat"])
-        window = ((self.wavelengths >= RECONSTRUCTION_WINDOW[0])
-                  & (self.wavelengths <= RECONSTRUCTION_WINDOW[1]))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            fractional = np.abs(raw_hat - raw)[:, window] / np.abs(raw[:, window])
-        r_error = (x - out["x_hat"]) / sigma
-        r_total = (x - out["x_hat"]) / np.sqrt(sigma ** 2 + out["s_hat"] ** 2)
+        res = self.residuals(x, sigma, out)
+        fractional, r_error, r_total = res["fractional"], res["r_error"], res["r_total"]
         percentile = self.outlier_percentile(out)
         report = {"file": name, "rows": int(len(table)), "usable_rows": int(rows.sum()),
                   "reconstruction": {
