@@ -165,8 +165,10 @@ class Trainer:
             raise UserError(f"{stage.name}: no training rows")
         steps_per_epoch = math.ceil(n / stage.batch_size)
         total = stage.epochs * steps_per_epoch
+        # foreach: the multi-tensor update, which torch only picks by itself on a GPU; on a
+        # CPU it gives the same weights bit for bit as the per-tensor loop, ~10% sooner
         optimizer = torch.optim.AdamW(stage.module.parameters(), lr=stage.lr,
-                                      weight_decay=stage.weight_decay)
+                                      weight_decay=stage.weight_decay, foreach=True)
         state = {"epoch": 0, "step_in_epoch": 0, "step": 0, "best": None, "bad_epochs": 0,
                  "done": False}
         best = None
