@@ -15,8 +15,9 @@ The model defaults to the shipped `xptools embed` model.
    standardised input features the encoder sees, and on their first 6 principal components;
    the standard deviation of each latent dimension over the training stars (a dimension the
    KL term has pulled onto the prior has mu near 0 for every star); then z and the input
-   features by APOGEE's K-band extinction (ak_targ, when present), with the share of dwarfs
-   in each bin.
+   features for giants and dwarfs apart (APOGEE logg <= 3.5 or above), with the share of hot
+   stars (Teff > 7000 K) in each, and by APOGEE's K-band extinction (ak_targ, when present),
+   with the share of dwarfs in each bin.
 3. Outliers: defects injected into validation spectra (sampled flux, 2 nm grid), each star's
    outlier percentile among the training stars (docs/generate.md): the fraction above 99; for
    comparison, the fraction above the training stars' 99th percentile of chi2 alone. The
@@ -124,6 +125,11 @@ def knn(model, train, training, valid, validation):
     print("   (targets for z: Teff <= 100 K, [Fe/H] <= 0.12 dex)")
     print("   spread of z over the training stars, per latent dimension (near 0: unused): "
           + " ".join(f"{s:.3g}" for s in z_train.std(axis=0)))
+    print("   giants (logg <= 3.5) and dwarfs (logg > 3.5) (stars; share with Teff > 7000 K):")
+    for name, stars in (("giants", y_valid[:, 1] <= 3.5), ("dwarfs", y_valid[:, 1] > 3.5)):
+        hot = np.mean(y_valid[stars, 0] > 7000)
+        row(f"z, {name} ({int(stars.sum())}; {hot:.2f})", errors["z (6-d latent)"], stars)
+        row("input features, same", errors["input features (115-d)"], stars)
     if "ak_targ" in valid:
         ak = np.asarray(valid["ak_targ"], np.float64)[rows_valid]
         print("   by APOGEE's K-band extinction ak_targ (stars; dwarfs, logg > 3.5):")
