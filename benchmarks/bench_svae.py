@@ -33,6 +33,9 @@ The model defaults to the shipped `xptools embed` model.
    the noise, Gaussian with the flux errors, is unknown; averaged over the stars and the
    defect's random sign or sample. For the spike a second figure drops the knowledge of the
    sample: the best test then looks for the largest residual among the candidate samples.
+   Last, the wrong G at its headline amplitude split by sign: a G too faint makes the
+   spectrum too bright for it, as a BP/RP flux excess C* (xptools.photometry) does, so the
+   line also says how many training stars have a flux excess at least that large.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from scipy.stats import norm
 from xptools import models
 from xptools.io import read_table
 from xptools.metrics import sigma_mad
+from xptools.photometry import flux_excess
 from xptools.models.features import (FLAG_NO_ERRORS, FLAG_UNUSABLE, FLUX_EXCESS_LIMIT,
                                      flux_excess_of, label_array)
 from xptools.models.svae import knn_labels
@@ -184,7 +188,7 @@ def noise_limit(kind, amplitude, flux, error, grid, model_grid, fpr=FALSE_POSITI
     return np.mean(norm.cdf(d - z)), np.mean(unknown)
 
 
-def outliers(model, training, valid, rows):
+def outliers(model, train, training, valid, rows):
     print("3. outliers: fraction of validation stars above the training 99th percentile")
     chi2_p99 = np.percentile(training["chi2"], 99)
     table = valid.rows(rows).select(["source_id", "flux", "flux_error", "phot_g_mean_mag"])
@@ -201,6 +205,7 @@ def outliers(model, training, valid, rows):
         return model.outlier_percentile(statistics) > 99, statistics["chi2"] > chi2_p99
 
     blended = np.abs(flux_excess_of(valid.rows(rows))) > FLUX_EXCESS_LIMIT
+    rows_train = training["rows"]
 
     def line(name, flagged, limit=""):
         print(f"   {name:<44}{np.mean(flagged[0]):>10.3f}{np.mean(flagged[0][~blended]):>12.3f}"
@@ -218,9 +223,24 @@ def outliers(model, training, valid, rows):
             f, gm = injected(flux, g, kind, a, rng, grid, model.wavelengths)
             known, unknown = noise_limit(kind, a, flux, error, grid, model.wavelengths)
             limit = f"{known:.3f}" + (f" ({unknown:.3f})" if unknown is not None else "")
-            line(kind + ", a = " + format(a, "g") + ("*" if i == 0 else " "), above(f, gm), limit)
+            flagged = above(f, gm)
+            line(kind + ", a = " + format(a, "g") + ("*" if i == 0 else " "), flagged, limit)
+            if kind.startswith("G") and i == 0:
+                g_headline = a, gm > g, flagged[0]
     print("   (target: >= 0.95 for each defect at the headline amplitude *; noise limit in "
           "brackets: the spike's sample unknown)")
+    a, fainter, flagged = g_headline
+    bp, rp = (np.asarray(valid.rows(rows)[c], np.float64)
+              for c in ("phot_bp_mean_mag", "phot_rp_mean_mag"))
+    excess = np.nanmedian(flux_excess(g + a, bp, rp)[fainter])
+    trained = flux_excess(*(np.asarray(train[c], np.float64) for c in
+                            ("phot_g_mean_mag", "phot_bp_mean_mag", "phot_rp_mean_mag")))
+    print(f"   G wrong by {a:g} mag, split by sign: too faint {np.mean(flagged[fainter]):.3f}, "
+          f"too bright {np.mean(flagged[~fainter]):.3f}")
+    print(f"   (too faint: the spectrum is {10 ** (0.4 * a):.2f} x too bright for G, like a BP/RP "
+          f"flux excess C* of {excess:.2f}, the median over those stars; "
+          f"{np.mean(trained[rows_train] >= excess):.3f} of the training stars have C* >= "
+          f"{excess:.2f})")
     print(f"   no defect, the {int(blended.sum())} stars with |C*| > {FLUX_EXCESS_LIMIT:g} "
           f"sigma_C* (BP/RP flux excess): {np.mean(clean[0][blended]):.3f} above 99")
 
@@ -240,7 +260,7 @@ def main() -> None:
     training = reconstructed(model, train, "train")
     reconstruction(model, validation)
     knn(model, train, training, valid, validation)
-    outliers(model, training, valid, validation["rows"])
+    outliers(model, train, training, valid, validation["rows"])
 
 
 if __name__ == "__main__":
