@@ -49,10 +49,10 @@ from scipy.stats import norm
 from xptools import models
 from xptools.io import read_table
 from xptools.metrics import sigma_mad
-from xptools.photometry import flux_excess
 from xptools.models.features import (FLAG_NO_ERRORS, FLAG_UNUSABLE, FLUX_EXCESS_LIMIT,
                                      flux_excess_of, label_array)
 from xptools.models.svae import knn_labels
+from xptools.photometry import flux_excess
 from xptools.xp import BAND_OVERLAP, DEFAULT_GRID
 
 LABELS = ("teff", "logg", "fe_h", "alpha_m")
@@ -204,7 +204,8 @@ def outliers(model, train, training, valid, rows):
         statistics = model.reconstruct(x, sigma)
         return model.outlier_percentile(statistics) > 99, statistics["chi2"] > chi2_p99
 
-    blended = np.abs(flux_excess_of(valid.rows(rows))) > FLUX_EXCESS_LIMIT
+    kept = valid.rows(rows)
+    blended = np.abs(flux_excess_of(kept)) > FLUX_EXCESS_LIMIT
     rows_train = training["rows"]
 
     def line(name, flagged, limit=""):
@@ -230,8 +231,7 @@ def outliers(model, train, training, valid, rows):
     print("   (target: >= 0.95 for each defect at the headline amplitude *; noise limit in "
           "brackets: the spike's sample unknown)")
     a, fainter, flagged = g_headline
-    bp, rp = (np.asarray(valid.rows(rows)[c], np.float64)
-              for c in ("phot_bp_mean_mag", "phot_rp_mean_mag"))
+    bp, rp = (np.asarray(kept[c], np.float64) for c in ("phot_bp_mean_mag", "phot_rp_mean_mag"))
     excess = np.nanmedian(flux_excess(g + a, bp, rp)[fainter])
     trained = flux_excess(*(np.asarray(train[c], np.float64) for c in
                             ("phot_g_mean_mag", "phot_bp_mean_mag", "phot_rp_mean_mag")))
