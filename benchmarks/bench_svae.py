@@ -50,7 +50,7 @@ from xptools import models
 from xptools.io import read_table
 from xptools.metrics import sigma_mad
 from xptools.models.features import (FLAG_NO_ERRORS, FLAG_UNUSABLE, FLUX_EXCESS_LIMIT,
-                                     flux_excess_of, label_array)
+                                     GAIA_MAGNITUDES, flux_excess_of, label_array)
 from xptools.models.svae import knn_labels
 from xptools.photometry import flux_excess
 from xptools.xp import BAND_OVERLAP, DEFAULT_GRID
@@ -59,6 +59,7 @@ LABELS = ("teff", "logg", "fe_h", "alpha_m")
 FALSE_POSITIVES = 0.01  # the fraction of training stars above their 99th percentile
 BP_EDGE = sum(BAND_OVERLAP) / 2  # nm: the middle of the BP/RP overlap; the "BP half" is below
 AK_BINS = [(0.0, 0.05), (0.05, 0.2), (0.2, np.inf)]  # mag, for the k-NN by extinction
+DWARF_LOGG = 3.5  # APOGEE logg above which a star counts as a dwarf
 DEFECTS = {  # name -> amplitudes; the first is the headline
     "BP half scaled by (1 +/- a)": [0.10, 0.05, 0.20],
     "spike of +a x flux at one sample": [0.20, 0.10, 0.50],
@@ -129,17 +130,19 @@ def knn(model, train, training, valid, validation):
     print("   (targets for z: Teff <= 100 K, [Fe/H] <= 0.12 dex)")
     print("   spread of z over the training stars, per latent dimension (near 0: unused): "
           + " ".join(f"{s:.3g}" for s in z_train.std(axis=0)))
-    print("   giants (logg <= 3.5) and dwarfs (logg > 3.5) (stars; share with Teff > 7000 K):")
-    for name, stars in (("giants", y_valid[:, 1] <= 3.5), ("dwarfs", y_valid[:, 1] > 3.5)):
+    dwarf = y_valid[:, 1] > DWARF_LOGG
+    print(f"   giants (logg <= {DWARF_LOGG:g}) and dwarfs (logg > {DWARF_LOGG:g}) (stars; share "
+          f"with Teff > 7000 K):")
+    for name, stars in (("giants", ~dwarf), ("dwarfs", dwarf)):
         hot = np.mean(y_valid[stars, 0] > 7000)
         row(f"z, {name} ({int(stars.sum())}; {hot:.2f})", errors["z (6-d latent)"], stars)
         row("input features, same", errors["input features (115-d)"], stars)
     if "ak_targ" in valid:
         ak = np.asarray(valid["ak_targ"], np.float64)[rows_valid]
-        print("   by APOGEE's K-band extinction ak_targ (stars; dwarfs, logg > 3.5):")
+        print(f"   by APOGEE's K-band extinction ak_targ (stars; dwarfs, logg > {DWARF_LOGG:g}):")
         for low, high in AK_BINS:
             stars = (ak >= low) & (ak < high)
-            dwarfs = np.mean(y_valid[stars, 1] > 3.5)
+            dwarfs = np.mean(dwarf[stars])
             row(f"z, A_K {low:g}-{high:g} ({int(stars.sum())}; {dwarfs:.2f})",
                 errors["z (6-d latent)"], stars)
             row("input features, same", errors["input features (115-d)"], stars)
@@ -231,10 +234,9 @@ def outliers(model, train, training, valid, rows):
     print("   (target: >= 0.95 for each defect at the headline amplitude *; noise limit in "
           "brackets: the spike's sample unknown)")
     a, fainter, flagged = g_headline
-    bp, rp = (np.asarray(kept[c], np.float64) for c in ("phot_bp_mean_mag", "phot_rp_mean_mag"))
+    _, bp, rp = (np.asarray(kept[c], np.float64) for c in GAIA_MAGNITUDES)
     excess = np.nanmedian(flux_excess(g + a, bp, rp)[fainter])
-    trained = flux_excess(*(np.asarray(train[c], np.float64) for c in
-                            ("phot_g_mean_mag", "phot_bp_mean_mag", "phot_rp_mean_mag")))
+    trained = flux_excess(*(np.asarray(train[c], np.float64) for c in GAIA_MAGNITUDES))
     print(f"   G wrong by {a:g} mag, split by sign: too faint {np.mean(flagged[fainter]):.3f}, "
           f"too bright {np.mean(flagged[~fainter]):.3f}")
     print(f"   (too faint: the spectrum is {10 ** (0.4 * a):.2f} x too bright for G, like a BP/RP "

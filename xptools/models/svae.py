@@ -434,15 +434,16 @@ class ScatterVAE:
         x, sigma = x[rows], sigma[rows]
         out = self.reconstruct(x, sigma)
         res = self.residuals(x, sigma, out)
-        fractional, r_error, r_total = res["fractional"], res["r_error"], res["r_total"]
         percentile = self.outlier_percentile(out)
         report = {"file": name, "rows": int(len(table)), "usable_rows": int(rows.sum()),
                   "reconstruction": {
                       "median_abs_fractional_residual_400_1000nm":
-                          float(np.nanmedian(fractional)),
-                      "max_abs_median_r_error": float(np.max(np.abs(np.median(r_error, 0)))),
-                      "max_abs_median_r_total": float(np.max(np.abs(np.median(r_total, 0)))),
-                      "sigma_mad_r_total": sigma_mad(r_total.ravel())},
+                          float(np.nanmedian(res["fractional"])),
+                      "max_abs_median_r_error":
+                          float(np.max(np.abs(np.median(res["r_error"], 0)))),
+                      "max_abs_median_r_total":
+                          float(np.max(np.abs(np.median(res["r_total"], 0)))),
+                      "sigma_mad_r_total": sigma_mad(res["r_total"].ravel())},
                   "outliers": {"median_chi2": float(np.median(out["chi2"])),
                                "fraction_above_p99": float(np.mean(percentile > 99))},
                   "knn": {}}
