@@ -194,7 +194,8 @@ def noise_limit(kind, amplitude, flux, error, grid, model_grid, fpr=FALSE_POSITI
 def outliers(model, train, training, valid, rows):
     print("3. outliers: fraction of validation stars above the training 99th percentile")
     chi2_p99 = np.percentile(training["chi2"], 99)
-    table = valid.rows(rows).select(["source_id", "flux", "flux_error", "phot_g_mean_mag"])
+    kept = valid.rows(rows)
+    table = kept.select(["source_id", "flux", "flux_error", "phot_g_mean_mag"])
     grid = DEFAULT_GRID
     flux = np.asarray(table["flux"], np.float64)
     error = np.asarray(table["flux_error"], np.float64)
@@ -207,7 +208,6 @@ def outliers(model, train, training, valid, rows):
         statistics = model.reconstruct(x, sigma)
         return model.outlier_percentile(statistics) > 99, statistics["chi2"] > chi2_p99
 
-    kept = valid.rows(rows)
     blended = np.abs(flux_excess_of(kept)) > FLUX_EXCESS_LIMIT
     rows_train = training["rows"]
 
