@@ -23,13 +23,13 @@ import contextlib
 import hashlib
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version
 
 import numpy as np
 
 from xptools.errors import UserError
+from xptools.io import atomic
 from xptools.xp import BANDS, N_COEFFICIENTS
 
 CACHE_FORMAT = 1
@@ -75,10 +75,14 @@ def _save(path: str, arrays: dict[str, np.ndarray]) -> None:
     """Write the cache atomically; an unwritable cache only costs time on the next run."""
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".part")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
+        tmp = atomic.temporary_beside(path)
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+            atomic.done_with(tmp)
+        finally:
+            atomic.discard(tmp)
     except OSError as e:
         print(f"xptools: warning: cannot cache design matrices in {os.path.dirname(path)} "
               f"({e.strerror})", file=sys.stderr)

@@ -56,16 +56,22 @@ def _report(command: str, message: str) -> None:
 
 
 def handles_errors(command: str):
-    """Turn exceptions into one-line messages and exit codes (1 error, 2 not implemented)."""
+    """Turn exceptions into one-line messages and exit codes (1 error, 2 not implemented,
+    128 + N for signal N)."""
 
     def wrap(func):
         @functools.wraps(func)
         def run(*args, **kwargs):
             verbose = kwargs.get("verbose", False)
             try:
-                return func(*args, **kwargs)
-            except (typer.Exit, BrokenPipeError):
+                result = func(*args, **kwargs)
+                sys.stdout.flush()  # here, where a reader that went away is handled
+                return result
+            except typer.Exit:
                 raise
+            except BrokenPipeError:  # the reader went away ('| head'): not an error
+                _stdout_gone()
+                raise typer.Exit(0)
             except UserError as e:
                 if verbose:
                     import traceback
@@ -75,9 +81,9 @@ def handles_errors(command: str):
             except NotImplementedYet as e:
                 _report(command, str(e))
                 raise typer.Exit(2)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as e:  # Ctrl-C, or a signal turned into `Interrupted`
                 _report(command, "interrupted; no output written")
-                raise typer.Exit(130)
+                raise typer.Exit(128 + getattr(e, "signum", signal.SIGINT))
             except MemoryError:
                 _report(command, "out of memory (try a smaller --chunk-rows)")
                 raise typer.Exit(1)
@@ -91,6 +97,11 @@ def handles_errors(command: str):
         return run
 
     return wrap
+
+
+def _stdout_gone() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit raises nothing more."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _torch(threads: int):
@@ -602,17 +613,44 @@ _not_yet("calibrate", "Calibrate model uncertainties and offsets against referen
 _not_yet("flag", "Quality and out-of-distribution flags.", "a later issue")
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt  # unwinds through the writers, which remove their temporary files
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP, raised in the main thread: it unwinds through the readers and
+    writers, which stop their threads and remove their temporary files."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _on_signal(signum, frame):
+    for each in _STOP_SIGNALS:  # a second signal while we unwind: leave at once
+        signal.signal(each, _leave_now)
+    raise Interrupted(signum)
+
+
+def _leave_now(signum, frame):
+    from xptools.io.atomic import remove_temporaries
+
+    remove_temporaries()
+    os.write(2, b"xptools: interrupted again; leaving now\n")
+    os._exit(128 + signum)
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminate)
+    for each in _STOP_SIGNALS:
+        if signal.getsignal(each) is not signal.SIG_IGN:  # nohup: keep ignoring SIGHUP
+            signal.signal(each, _on_signal)
     try:
         app()
     except BrokenPipeError:  # the reader went away, e.g. 'xptools info big.fits | head'
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _stdout_gone()
         sys.exit(0)
+    except KeyboardInterrupt as e:  # before or after a command ran (e.g. while importing)
+        print("xptools: interrupted", file=sys.stderr)
+        sys.exit(128 + getattr(e, "signum", signal.SIGINT))
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ either a finished file or none.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
 from xptools.basis import cache_dir
+from xptools.io import atomic
 
 
 def default_cache() -> str:
@@ -49,10 +49,14 @@ def folder(root: str, kind: str, name: str, description: str) -> str:
 
 def replace_with(path: str, data: bytes) -> None:
     """Write a file atomically."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".", suffix=".part")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    tmp = atomic.temporary_beside(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        atomic.done_with(tmp)
+    finally:
+        atomic.discard(tmp)
 
 
 class BatchStore:
@@ -103,38 +107,24 @@ class BatchStore:
     def finish(self, name: str, answer_tmp: str, asked: np.ndarray, answered: np.ndarray) -> None:
         """Move the answer into place, then record the batch as done."""
         os.replace(answer_tmp, self.answer(name))
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".", suffix=".npz.part")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, asked=np.asarray(asked, np.int64), answered=np.asarray(answered, np.int64))
-        os.replace(tmp, os.path.join(self.path, name + ".npz"))
+        record = io.BytesIO()
+        np.savez(record, asked=np.asarray(asked, np.int64), answered=np.asarray(answered, np.int64))
+        replace_with(os.path.join(self.path, name + ".npz"), record.getvalue())
         self._index = None
 
 
 class WorkFolder:
     """Scratch space for one run in ``DIR/work``, removed when the run ends; folders left by
-    runs that were killed are removed by the next run."""
+    runs that were killed are removed by the next run (`xptools.io.atomic`)."""
 
     def __init__(self, root: str):
         base = os.path.join(root, "work")
         os.makedirs(base, exist_ok=True)
-        for entry in os.listdir(base):
-            pid = entry.split("-")[1] if entry.count("-") >= 2 else ""
-            if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
-        self.path = tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=base)
+        self.path = atomic.temporary_beside(os.path.join(base, "run"), suffix=".work",
+                                            folder=True)
 
     def __enter__(self) -> str:
         return self.path
 
     def __exit__(self, *exc) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        atomic.discard(self.path)

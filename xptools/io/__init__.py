@@ -6,7 +6,8 @@
   HDF5 need random access); output to stdout is written to a temporary file and copied out
   when complete, so a failed run writes nothing.
 - Output files are written to a temporary file beside the target and renamed into place at the
-  end; an existing file is only replaced with ``overwrite=True``.
+  end (`xptools.io.atomic`); an existing file is only replaced with ``overwrite=True``. A failed
+  or interrupted run removes what it wrote.
 
     with open_table("in.fits") as src, TableWriter("out.h5") as out:
         for chunk in src.chunks(10_000):
@@ -19,12 +20,12 @@ import gzip
 import os
 import shutil
 import sys
-import tempfile
 import zlib
 from typing import Iterator
 
 from xptools.errors import UserError
-from xptools.io.pipeline import BehindWriter, prefetch
+from xptools.io import atomic
+from xptools.io.pipeline import BehindWriter, ReadAhead
 from xptools.io.table import ColumnInfo, Table, concat
 
 __all__ = ["Table", "ColumnInfo", "concat", "open_table", "read_table", "TableWriter",
@@ -108,6 +109,7 @@ class InputTable:
 
     def __init__(self, path: str, format: str | None = None):
         self._temps: list[str] = []
+        self._read_ahead: ReadAhead | None = None
         self.name = "<stdin>" if path == STDIO else path
         try:
             local = self._local_copy(path)
@@ -141,9 +143,9 @@ class InputTable:
         if path == STDIO:
             if sys.stdin is None or sys.stdin.isatty():
                 raise UserError("no input on stdin (give a file name, or pipe a table in)")
-            fd, tmp = tempfile.mkstemp(prefix="xptools-stdin-")
+            tmp = atomic.temporary_file("xptools-stdin-")
             self._temps.append(tmp)
-            with os.fdopen(fd, "wb") as out:
+            with open(tmp, "wb") as out:
                 shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
             return tmp
         if not os.path.exists(path):
@@ -153,10 +155,10 @@ class InputTable:
         return path
 
     def _gunzip(self, path: str) -> str:
-        fd, tmp = tempfile.mkstemp(prefix="xptools-gunzip-")
+        tmp = atomic.temporary_file("xptools-gunzip-")
         self._temps.append(tmp)
         try:
-            with gzip.open(path, "rb") as src, os.fdopen(fd, "wb") as out:
+            with gzip.open(path, "rb") as src, open(tmp, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
         except (OSError, EOFError, zlib.error) as e:
             raise UserError(f"{self.name}: broken gzip data ({e})") from e
@@ -169,8 +171,11 @@ class InputTable:
         if columns:
             self.schema.select(columns)  # names a missing column clearly
         pieces = self._reader.chunks(rows, columns)
+        if read_ahead:
+            self._stop_read_ahead()
+            pieces = self._read_ahead = ReadAhead(pieces)
         empty = True
-        for piece in prefetch(pieces) if read_ahead else pieces:
+        for piece in pieces:
             empty = False
             yield piece
         if empty:
@@ -179,15 +184,18 @@ class InputTable:
     def read(self, columns: list[str] | None = None) -> Table:
         return concat(list(self.chunks(1 << 62, columns)))
 
+    def _stop_read_ahead(self) -> None:
+        if self._read_ahead is not None:
+            self._read_ahead.stop()
+            self._read_ahead = None
+
     def close(self) -> None:
+        self._stop_read_ahead()  # the thread must not read from a closed file
         reader = getattr(self, "_reader", None)
         if reader is not None:
             reader.close()
         for tmp in self._temps:
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
+            atomic.discard(tmp)
         self._temps = []
 
     def __enter__(self) -> "InputTable":
@@ -238,8 +246,7 @@ class TableWriter:
             if FORMATS[self.format][1] and sys.stdout.isatty():
                 raise UserError(f"refusing to write binary {self.format.upper()} to a terminal; "
                                 f"give -o FILE, or pipe it on (e.g. '| xptools info -')")
-            fd, self._tmp = tempfile.mkstemp(prefix="xptools-out-")
-            os.close(fd)
+            self._tmp = atomic.temporary_file("xptools-out-")
         else:
             if os.path.exists(self.path) and not overwrite:
                 raise UserError(f"{self.path} exists; use --overwrite to replace it")
@@ -247,54 +254,70 @@ class TableWriter:
             if not os.path.isdir(folder):
                 raise UserError(f"{self.path}: folder {folder} does not exist")
             try:
-                fd, self._tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.",
-                                                 suffix=".part", dir=folder)
+                self._tmp = atomic.temporary_beside(self.path)
             except OSError as e:
                 raise UserError(f"{self.path}: cannot write there ({e.strerror})") from e
-            os.close(fd)
         self.rows_written = 0
+
+    def _failed(self, error: OSError) -> None:
+        """Turn a full disk into one line naming it (the temporary file is removed by
+        `abort`, which the caller's ``with`` runs)."""
+        message = atomic.no_space(error, self._tmp or self.path)
+        if message:
+            raise UserError(f"{self.path}: {message}") from error
 
     def write(self, table: Table) -> None:
         """Append rows (with ``write_behind``, in a thread while the caller goes on)."""
-        if self._backend is None:
-            self._backend = _writer(self.format, self._tmp)
-            if self._write_behind:
-                self._behind = BehindWriter(self._backend.write)
-        (self._behind or self._backend).write(table)
+        try:
+            if self._backend is None:
+                self._backend = _writer(self.format, self._tmp)
+                if self._write_behind:
+                    self._behind = BehindWriter(self._backend.write)
+            (self._behind or self._backend).write(table)
+        except OSError as e:
+            self._failed(e)
+            raise
         self.rows_written += len(table)
 
     def commit(self) -> None:
         if self._backend is None:
             raise RuntimeError("nothing was written")
+        try:
+            self._finish()
+        except BaseException as e:
+            self.abort()
+            if isinstance(e, OSError):
+                self._failed(e)
+            raise
+
+    def _finish(self) -> None:
         if self._behind is not None:
             self._behind.close()
+            self._behind = None
         self._backend.close()
         self._backend = None
         src = self._tmp
         if self.path.endswith(".gz"):
             src = self._tmp + ".gz"
+            atomic.track(src)
             with open(self._tmp, "rb") as f, gzip.open(src, "wb", compresslevel=6) as g:
                 shutil.copyfileobj(f, g, 1 << 20)
-            os.remove(self._tmp)
+            atomic.discard(self._tmp)
             self._tmp = src
         if self.path == STDIO:
             with open(src, "rb") as f:
-                try:
-                    shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
-                    sys.stdout.buffer.flush()
-                except BrokenPipeError:
-                    pass  # the reader went away (e.g. '| head'); not our error
-            os.remove(src)
+                shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+                sys.stdout.buffer.flush()
+            atomic.discard(src)
         else:
             os.replace(src, self.path)
+            atomic.done_with(src)
         self._tmp = None
 
     def abort(self) -> None:
+        """Stop writing and remove the temporary file; never raises."""
         if self._behind is not None:
-            try:
-                self._behind.close()
-            except BaseException:
-                pass
+            self._behind.cancel()
             self._behind = None
         if self._backend is not None:
             try:
@@ -302,8 +325,7 @@ class TableWriter:
             except Exception:
                 pass
             self._backend = None
-        if self._tmp and os.path.exists(self._tmp):
-            os.remove(self._tmp)
+        atomic.discard(self._tmp)
         self._tmp = None
 
     def __enter__(self) -> "TableWriter":

@@ -22,6 +22,7 @@ import shutil
 import tempfile
 
 from xptools.errors import UserError
+from xptools.io import atomic
 
 # kind -> "module:Class"; imported only when a model of that kind is used
 REGISTRY = {
@@ -143,26 +144,23 @@ def check_tensors(module, tensors: dict, file: str) -> None:
 def save(model, path: str, card: str, overwrite: bool = False,
          extra_files: dict[str, str] | None = None) -> None:
     """Write a model directory atomically (a temporary directory renamed into place)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if os.path.exists(path) and not overwrite:
         raise UserError(f"{path} exists; use --overwrite to replace it")
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model is meant to be shared
+    tmp = atomic.temporary_beside(path, suffix=".tmp", folder=True)
     try:
         with open(os.path.join(tmp, CONFIG), "w") as f:
             json.dump(model.to_config(), f, indent=1)
-        save_file({k: v.contiguous() for k, v in model.tensors().items()},
-                  os.path.join(tmp, WEIGHTS))
+        with open(os.path.join(tmp, WEIGHTS), "wb") as f:  # save_file makes it private
+            f.write(save({k: v.contiguous() for k, v in model.tensors().items()}))
         with open(os.path.join(tmp, CARD), "w") as f:
             f.write(card)
         for name, text in (extra_files or {}).items():
             with open(os.path.join(tmp, name), "w") as f:
                 f.write(text)
-        for name in os.listdir(tmp):
-            os.chmod(os.path.join(tmp, name), 0o644)
         if os.path.exists(path):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old.", dir=parent)
             os.replace(path, os.path.join(old, "model"))
@@ -170,6 +168,10 @@ def save(model, path: str, card: str, overwrite: bool = False,
             shutil.rmtree(old)
         else:
             os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        atomic.done_with(tmp)
+    except BaseException as e:
+        atomic.discard(tmp)
+        message = atomic.no_space(e, path)
+        if message:
+            raise UserError(f"{path}: {message}") from e
         raise
