@@ -525,10 +525,16 @@ class ScatterVAE:
         if report:
             lines += [f"## Validation: {report['file']} ({report['usable_rows']} of "
                       f"{report['rows']} rows usable)", "",
-                      "Residuals use z = mu. k-NN: each star's label predicted as the mean of "
-                      "its 20 nearest neighbours in z among the other validation stars; "
-                      "sigma_MAD = 1.4826 x median absolute deviation of prediction - "
-                      "reference.", "",
+                      "Residuals use z = mu. k-NN: each validation star's label predicted as "
+                      "the mean of that label over its 20 nearest neighbours in z (Euclidean), "
+                      "drawn from the other validation stars with the label (leave one out: "
+                      "N - 1 references for the N stars scored in a row), not from the "
+                      "training stars; sigma_MAD = 1.4826 x median absolute deviation of "
+                      "prediction - reference, bias its median. A k-NN with a larger "
+                      "reference set generally gives smaller errors for the same z, so compare "
+                      "these rows only with other validation reports, not with "
+                      "benchmarks/bench_svae.py, whose k-NN draws the neighbours from the "
+                      "training stars.", "",
                       self.report_text(report), ""]
         lines += ["## Known limits", "",
                   "- Trained on the XP spectra of APOGEE DR17 stars (mostly giants, G 8.7 to "
@@ -542,8 +548,9 @@ class ScatterVAE:
                   "change between trainings; the KL term can leave some of them nearly unused "
                   "(near-zero spread of z).",
                   "- z is a coarse proxy for stellar labels (see the k-NN rows above; "
-                  "benchmarks/bench_svae.py compares the same k-NN on the input flux and "
-                  "splits it by extinction).",
+                  "benchmarks/bench_svae.py runs the k-NN with the neighbours drawn from the "
+                  "training stars, from z and from the input flux, and splits it into giants "
+                  "and dwarfs and by extinction).",
                   "- The outlier percentile (docs/generate.md) catches large spectral "
                   "defects but misses a share of small ones; benchmarks/bench_svae.py "
                   "measures it on injected defects.", ""]
