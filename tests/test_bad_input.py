@@ -65,6 +65,45 @@ def test_missing_coefficient_columns(tmp_path):
                          "missing column 'rp_coefficient_errors'")
 
 
+@pytest.mark.parametrize("columns", [["bp_coefficients"], ["bp_coefficients",
+                                     "bp_coefficient_errors", "bp_coefficient_correlations",
+                                     "bp_standard_deviation", "bp_n_relevant_bases"]])
+def test_a_table_without_a_band_is_an_error(tmp_path, columns):
+    t = synthetic_continuous(n=3)
+    t.remove_columns(columns)  # renamed away or never there: not the same as a missing band
+    src, out = tmp_path / "no_bp.fits", tmp_path / "out.fits"
+    write_table(t, str(src))
+    assert_clean_failure(run("sample", src, "-o", out), out, str(src),
+                         "no BP spectra: missing column 'bp_coefficients'", "--band rp")
+    r = run("sample", src, "-o", out, "--band", "rp")
+    assert r.returncode == 0, r.stderr
+    assert read_table(str(out)).meta["XPBANDS"] == "rp"
+
+
+def test_models_refuse_a_table_without_a_band(tmp_path):
+    t = synthetic_continuous(n=3)
+    t.remove_columns(["rp_coefficients"])
+    src = tmp_path / "no_rp.fits"
+    write_table(t, str(src))
+    for command in ("infer", "embed"):
+        r = run(command, src, "-o", tmp_path / f"{command}.fits")
+        assert r.returncode == 1 and b"no RP spectra: missing column 'rp_coefficients'" \
+            in r.stderr, r.stderr
+
+
+def test_null_n_relevant_bases_of_a_missing_band_warn_nothing(tmp_path):
+    t = synthetic_continuous(n=3, missing_bp=(1,))
+    n_relevant = t["bp_n_relevant_bases"].astype(float)
+    n_relevant[1] = np.nan  # how a text file or astropy gives a null integer
+    t.columns["bp_n_relevant_bases"] = n_relevant
+    src, out = tmp_path / "null.csv", tmp_path / "out.fits"
+    write_table(t, str(src))
+    r = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "xptools",
+                        "sample", src, "-o", out, "--truncate"], capture_output=True)
+    assert r.returncode == 0 and b"RuntimeWarning" not in r.stderr, r.stderr
+    assert list(read_table(str(out))["sample_flag"]) == [0, 1, 0]
+
+
 def test_no_xp_columns_at_all(tmp_path):
     src, out = tmp_path / "plain.csv", tmp_path / "out.fits"
     src.write_text("source_id,ra,dec\n1,10.0,20.0\n")

@@ -16,7 +16,7 @@ def _layout(first, name: str) -> str:
     kind = detect_layout(first)
     if kind in ("arrays", "columns"):
         try:
-            layout = ContinuousLayout(first, name)
+            layout = ContinuousLayout(first, name, bands=None)
         except UserError as e:
             return f"XP continuous, incomplete: {e}"
         form = "array columns" if kind == "arrays" else "one column per coefficient"

@@ -285,7 +285,7 @@ def run_sample(src: InputTable, out: TableWriter, *, grid: np.ndarray | None = N
                strict: bool = False, chunk_rows: int | None = None, quiet: bool = False,
                warn=print_warning) -> Sampler:
     """Stream a continuous-spectra table through the sampler into ``out``."""
-    layout = ContinuousLayout(src.schema, src.name)
+    layout = ContinuousLayout(src.schema, src.name, bands)
     if truncate and not layout.has_column("n_relevant_bases"):
         raise UserError(f"{src.name}: --truncate needs bp/rp_n_relevant_bases columns")
     sampler = Sampler(load_basis(internal, grid), bands, truncate, covariance)

@@ -70,17 +70,29 @@ def detect_layout(schema: Table) -> str | None:
 
 
 class ContinuousLayout:
-    """Checks a table's XP continuous columns once, then pulls bands out of each chunk."""
+    """Checks a table's XP continuous columns once, then pulls bands out of each chunk.
 
-    def __init__(self, schema: Table, name: str):
+    ``bands`` are the bands the caller needs: a table without the columns of one of them is an
+    error (rows without a spectrum are NaN rows in the columns, never absent columns); with
+    ``bands=None`` any band the table has will do (e.g. to describe a table).
+    """
+
+    def __init__(self, schema: Table, name: str, bands: tuple[str, ...] | None = BANDS):
         self.name = name
         self.kind = detect_layout(schema)
         if self.kind not in ("arrays", "columns"):
             raise UserError(f"{name}: no XP continuous spectra (expected bp_coefficients/"
                             f"rp_coefficients arrays or bp_coeff_0.. columns; found "
                             f"{_preview(schema.colnames)})")
-        self.bands = [b for b in BANDS if (f"{b}_coefficients" if self.kind == "arrays"
-                                           else f"{b}_coeff_0") in schema]
+        first = lambda b: f"{b}_coefficients" if self.kind == "arrays" else f"{b}_coeff_0"
+        self.bands = [b for b in BANDS if first(b) in schema]
+        for band in bands or ():
+            if band not in self.bands:
+                other = [b for b in BANDS if b != band]
+                hint = (f"; to use {other[0].upper()} alone, sample with --band {other[0]}"
+                        if other[0] in self.bands else "")
+                raise UserError(f"{name}: no {band.upper()} spectra: missing column "
+                                f"{first(band)!r} (found {_preview(schema.colnames)}){hint}")
         self.consumed: list[str] = []
         self.has_correlations = True
         for band in self.bands:
@@ -134,10 +146,11 @@ class ContinuousLayout:
         usable = finite & ~missing
         n_relevant = None
         if cols["n_relevant_bases"] in chunk:
-            n_relevant = np.asarray(chunk[cols["n_relevant_bases"]]).astype(np.int64)
+            n_relevant = np.asarray(chunk[cols["n_relevant_bases"]])
             null = chunk.info[cols["n_relevant_bases"]].null
-            if null is not None:
-                n_relevant = np.where(n_relevant == null, 0, n_relevant)
+            missing = ~np.isfinite(n_relevant) if n_relevant.dtype.kind == "f" else \
+                n_relevant == null if null is not None else False
+            n_relevant = np.where(missing, 0, n_relevant).astype(np.int64)
         return Band(coefficients, errors, correlations, n_relevant, usable, ~finite & ~missing)
 
 
