@@ -236,3 +236,42 @@ def test_a_real_full_disk(tmp_path, ext):
     err = result.stderr.decode().strip()
     assert err.count("\n") == 0 and "no space left on the disk holding" in err, err
     assert "internal error" not in err
+
+
+# -- a pipe given as a file name (bash's <(command), a FIFO) is read once ------------------------
+
+def _fifo_with(tmp_path, data: bytes, name="pipe"):
+    import threading
+
+    path = str(tmp_path / name)
+    os.mkfifo(path)
+
+    def feed():
+        with open(path, "wb") as f:
+            f.write(data)
+
+    threading.Thread(target=feed, daemon=True).start()
+    return path
+
+
+def test_a_table_from_a_pipe(tmp_path):
+    src = tmp_path / "in.fits"
+    write_table(synthetic_continuous(), str(src))
+    result = run("info", _fifo_with(tmp_path, src.read_bytes()))
+    assert result.returncode == 0, result.stderr
+    assert b"rows:     5" in result.stdout and b"(FITS)" in result.stdout
+
+
+@pytest.mark.parametrize("data", [b"source_id\n4295806720\n12345\n", "table"])
+def test_fetch_ids_from_a_pipe(tmp_path, data):
+    from xptools.fetch.ids import read_ids
+    from xptools.io import Table
+
+    if data == "table":
+        table = Table()
+        table.add_column("source_id", np.array([4295806720, 12345], np.int64))
+        write_table(table, str(tmp_path / "ids.fits"))
+        data = (tmp_path / "ids.fits").read_bytes()
+    request = read_ids(_fifo_with(tmp_path, data))
+    assert list(request.ids) == [4295806720, 12345]
+    assert sorted(os.listdir(tmp_path)) in (["pipe"], ["ids.fits", "pipe"])

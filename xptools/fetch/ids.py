@@ -8,13 +8,15 @@ source_id >> (35 + 2 * 4) = source_id >> 43.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from xptools.errors import UserError
-from xptools.io import STDIO, Table, format_from_name, read_table, sniff
+from xptools.io import (STDIO, Table, atomic, format_from_name, is_stream, read_table, sniff,
+                        spool)
 
 MAX_SOURCE_ID = 12 * 4 ** 12 * 2 ** 35
 HEALPIX8_PIXELS = 12 * 4 ** 8
@@ -135,42 +137,41 @@ def _id_values(table: Table, column: str, name: str) -> np.ndarray:
                     f"64-bit integers (floating point cannot hold them exactly)")
 
 
+def _read_ids(local: str, name: str, named_format: str | None, id_column: str,
+              input_format: str | None):
+    """The ids of a regular file: plain text or a table; with the table and the rows' names."""
+    plain = False
+    if input_format is None:
+        with open(local, "rb") as f:
+            head = f.read(65536)
+        plain = named_format is None and not head.startswith(b"\x1f\x8b") and _is_plain_text(head)
+    if plain:
+        with open(local, encoding="utf-8", errors="replace") as f:
+            ids, numbers = _read_plain(f, id_column, name)
+        return ids, None, lambda i: f"line {numbers[i]}"
+    table = read_table(local, input_format or named_format)
+    return _id_values(table, id_column, name), table, lambda i: f"row {i}"
+
+
 def read_ids(path: str, id_column: str = "source_id", input_format: str | None = None,
              warn=None) -> Request:
     """The ids of a text file (one per line, '#' comments, optional header line naming the
     column) or of a table's ``id_column`` (other columns kept); ``-`` is stdin."""
     warn = warn or (lambda message: None)
     name = "<stdin>" if path == STDIO else path
-    if input_format is None:
-        if path == STDIO:
-            if sys.stdin is None or sys.stdin.isatty():
-                raise UserError("--ids -: no ids on stdin")
-            head = sys.stdin.buffer.peek(65536)[:65536]
-        else:
-            try:
-                with open(path, "rb") as f:
-                    head = f.read(65536)
-            except FileNotFoundError:
-                raise UserError(f"{path}: no such file") from None
-            except IsADirectoryError:
-                raise UserError(f"{path}: is a directory, not a list of ids") from None
-        plain = (format_from_name(path) is None and not head.startswith(b"\x1f\x8b")
-                 and _is_plain_text(head))
-    else:
-        plain = False
-    if plain:
-        if path == STDIO:
-            lines = (line.decode("utf-8", errors="replace") for line in sys.stdin.buffer)
-            ids, numbers = _read_plain(lines, id_column, name)
-        else:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                ids, numbers = _read_plain(f, id_column, name)
-        where = lambda i: f"line {numbers[i]}"
-        table = None
-    else:
-        table = read_table(path, input_format)
-        ids = _id_values(table, id_column, name)
-        where = lambda i: f"row {i}"
+    if path == STDIO and (sys.stdin is None or sys.stdin.isatty()):
+        raise UserError("--ids -: no ids on stdin")
+    if not os.path.exists(path) and path != STDIO:
+        raise UserError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a directory, not a list of ids")
+    local = spool(path) if is_stream(path) else path  # stdin or <(...): read it once
+    try:
+        ids, table, where = _read_ids(local, name, format_from_name(path), id_column,
+                                      input_format)
+    finally:
+        if local != path:
+            atomic.discard(local)
     if not len(ids):
         raise UserError(f"{name}: no source_ids in it")
     _check_range(ids, lambda i: f"{name}: {where(i)}")

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import shutil
@@ -104,6 +105,27 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
+def is_stream(path: str) -> bool:
+    """Stdin ('-'), or a pipe such as bash's <(command): data that can be read only once."""
+    return path == STDIO or (os.path.exists(path) and not os.path.isfile(path)
+                             and not os.path.isdir(path))
+
+
+def spool(path: str) -> str:
+    """A temporary regular file with the data of stdin ('-') or of a pipe, which formats that
+    need random access (FITS, HDF5), or a second look, can read; remove it with
+    `atomic.discard`."""
+    tmp = atomic.temporary_file("xptools-stdin-")
+    try:
+        with (open(path, "rb") if path != STDIO else contextlib.nullcontext(sys.stdin.buffer)) \
+                as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+    except BaseException:
+        atomic.discard(tmp)
+        raise
+    return tmp
+
+
 class InputTable:
     """An open input table: ``schema`` (zero rows), ``nrows`` (None if unknown) and ``chunks``."""
 
@@ -140,18 +162,16 @@ class InputTable:
         return self._reader.nrows
 
     def _local_copy(self, path: str) -> str:
-        if path == STDIO:
-            if sys.stdin is None or sys.stdin.isatty():
-                raise UserError("no input on stdin (give a file name, or pipe a table in)")
-            tmp = atomic.temporary_file("xptools-stdin-")
-            self._temps.append(tmp)
-            with open(tmp, "wb") as out:
-                shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
-            return tmp
-        if not os.path.exists(path):
+        if path == STDIO and (sys.stdin is None or sys.stdin.isatty()):
+            raise UserError("no input on stdin (give a file name, or pipe a table in)")
+        if path != STDIO and not os.path.exists(path):
             raise UserError(f"{path}: no such file")
-        if os.path.isdir(path):
+        if path != STDIO and os.path.isdir(path):
             raise UserError(f"{path}: is a directory, not a table")
+        if is_stream(path):
+            tmp = spool(path)
+            self._temps.append(tmp)
+            return tmp
         return path
 
     def _gunzip(self, path: str) -> str:
