@@ -14,6 +14,9 @@ gaiaxpy_reference/xp_continuous/XP_CONTINUOUS_RAW.fits. TAP runs the join xptool
 the queries a test registers. Faults (HTTP 500 and 503, a body cut off halfway, a stall longer
 than the client's timeout) hit a chosen share of the requests under a path prefix, drawn from
 a seeded generator so that a sequential client sees the same faults every run.
+
+Run alone, it serves the real DR3 data of ../shared/data until Ctrl-C, to try `xptools fetch`
+without the internet (``python tests/archive_server.py --help``).
 """
 
 from __future__ import annotations
@@ -127,7 +130,7 @@ class ArchiveServer:
     """The stand-in archive; a context manager that starts and stops the server thread."""
 
     def __init__(self, workdir, continuous: Table | None = None, sampled: Table | None = None,
-                 gaia_source: Table | None = None, faults: Faults | None = None):
+                 gaia_source: Table | None = None, faults: Faults | None = None, port: int = 0):
         self.workdir = str(workdir)
         self.catalogues = {"XP_CONTINUOUS": continuous, "XP_SAMPLED": sampled}
         self.gaia_source = gaia_source
@@ -143,7 +146,7 @@ class ArchiveServer:
         self._jobs: dict[str, dict] = {}
         self._job_count = 0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self.datalink_url = self.url + "/data-server/data"
@@ -527,3 +530,67 @@ def kill_when_held(server: ArchiveServer, args, written=lambda: True, wait: floa
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
+
+
+# -- run alone: python tests/archive_server.py ---------------------------------------------
+
+def main(argv=None) -> None:
+    """Serve the real DR3 data of ../shared/data on 127.0.0.1 until Ctrl-C (or SIGTERM)."""
+    import argparse
+
+    from xptools.io import read_table
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    parser = argparse.ArgumentParser(
+        description="A stand-in Gaia archive on 127.0.0.1 (DataLink, TAP, bulk files) serving "
+                    "the real DR3 data of ../shared/data, to try `xptools fetch` offline.")
+    parser.add_argument("--port", type=int, default=8321, help="port (default 8321; 0: any)")
+    parser.add_argument("--shared", default=os.environ.get(
+        "XPTOOLS_SHARED_DATA", os.path.join(here, "..", "..", "shared", "data")),
+        help="the shared data folder (default $XPTOOLS_SHARED_DATA, else ../shared/data)")
+    parser.add_argument("--faults", type=float, default=0.0, metavar="SHARE",
+                        help="answer this share of the requests (0-1) with HTTP 500 or 503")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the faults")
+    args = parser.parse_args(argv)
+
+    continuous = full_schema_sources(args.shared)       # 7 sources, the archive's schema
+    library = read_table(os.path.join(args.shared, "apogee_xp", "xp_sampled.fits"))
+    library = library.rows(slice(0, 2000))
+    sampled = library.select(["source_id", "flux", "flux_error"])
+    gaia_source = library.select(["source_id", "phot_g_mean_mag", "phot_bp_mean_mag",
+                                  "phot_rp_mean_mag"])
+    faults = Faults(rate=args.faults, kinds=("500", "503"), seed=args.seed)
+    query = "SELECT source_id FROM gaiadr3.gaia_source"
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    with tempfile.TemporaryDirectory(prefix="archive-server-") as work:
+        bulk = os.path.join(work, "xp_continuous_mean_spectrum")
+        stars = bulk_sources(args.shared)
+        write_bulk_folder(stars, bulk, 20)
+        pixels = np.asarray(stars["source_id"]) >> 43
+        with ArchiveServer(work, continuous=continuous, sampled=sampled,
+                           gaia_source=gaia_source, faults=faults, port=args.port) as server:
+            from astropy.table import Table as AstropyTable
+
+            server.queries[query] = AstropyTable({"source_id": sampled["source_id"]})
+            print(f"""stand-in Gaia archive at {server.url} (Ctrl-C stops it)
+  DataLink  --datalink-url {server.datalink_url}
+            XP_CONTINUOUS of {len(continuous)} sources: {' '.join(map(str, continuous['source_id']))}
+            XP_SAMPLED (--sampled) of {len(sampled)} sources of apogee_xp/xp_sampled.fits
+  TAP       --tap-url {server.tap_url}
+            --columns of {','.join(gaia_source.colnames[1:])}
+            --query "{query}" (the {len(sampled)} XP_SAMPLED sources)
+  bulk      --bulk {server.add_bulk("xp_continuous_mean_spectrum", bulk)}
+            --healpix-range {pixels.min()}-{pixels.max()}: {len(stars)} sources in 20 files
+  faults    {args.faults:g} of the requests answered HTTP 500 or 503 (--faults)""", flush=True)
+            try:
+                threading.Event().wait()
+            except KeyboardInterrupt:
+                pass
+
+
+if __name__ == "__main__":
+    main()

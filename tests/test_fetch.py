@@ -3,8 +3,11 @@ answers in the archive's formats, built from the real DR3 data in ../shared/data
 faults. Every test checks the content of what was written, not only the exit code."""
 
 import os
+import re
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -141,19 +144,156 @@ def test_rerun_asks_only_for_new_ids(tmp_path, continuous):
     assert list(b["fetch_flag"]).count(1) == 1
 
 
-def test_server_errors_give_up_with_a_clear_message(tmp_path, continuous):
+@pytest.mark.parametrize("quiet", [False, True])
+def test_server_errors_give_up_with_a_clear_message(tmp_path, continuous, quiet):
     id_file = write_ids(tmp_path / "ids.txt", continuous["source_id"])
     faults = Faults(rate=1.0, kinds=("503",))
     with ArchiveServer(tmp_path, continuous=continuous, faults=faults) as server:
         r = run("fetch", "--ids", id_file, "--datalink-url", server.datalink_url, "-o",
                 tmp_path / "out.fits", "--cache", tmp_path / "cache", "--retries", "2",
-                "--backoff", "0")
+                "--backoff", "0", *(["--quiet"] if quiet else []))
         tries = len(server.served("/data-server/data"))
+        url = server.datalink_url
     err = r.stderr.decode()
-    assert r.returncode == 1 and err.count("\n") == 1, err
-    assert server.datalink_url in err and "503" in err and "gave up after 2 retries" in err
+    retries = [] if quiet else [   # each retry, as it happens: what failed and the wait
+        f"xptools: warning: {url}: HTTP 503 Service Unavailable; trying again in 0.00 s "
+        f"(retry {n} of 2)" for n in (1, 2)]
+    assert r.returncode == 1 and err.splitlines() == retries + [
+        f"xptools fetch: error: {url}: HTTP 503 Service Unavailable (gave up after 2 retries)"], err
     assert tries == 3
     assert not (tmp_path / "out.fits").exists()
+
+
+def test_each_retry_is_reported_with_its_wait(tmp_path, continuous):
+    id_file = write_ids(tmp_path / "ids.txt", continuous["source_id"])
+    faults = Faults(rate=0.5, kinds=("503",), seed=1)    # 503, 503, then an answer
+    with ArchiveServer(tmp_path, continuous=continuous, faults=faults) as server:
+        r = ok(run("fetch", "--ids", id_file, "--datalink-url", server.datalink_url, "-o",
+                   tmp_path / "out.fits", "--cache", tmp_path / "cache", "--backoff", "0.2"))
+        url = server.datalink_url
+    lines = r.stderr.decode().splitlines()
+    reported = [re.fullmatch(rf"xptools: warning: {re.escape(url)}: HTTP 503 Service "
+                             rf"Unavailable; trying again in (\d\.\d\d) s \(retry (\d) of 8\)",
+                             line) for line in lines[:2]]
+    assert all(reported), lines
+    waits = [float(m.group(1)) for m in reported]
+    assert [m.group(2) for m in reported] == ["1", "2"]
+    assert 0.1 <= waits[0] <= 0.2 and 0.2 <= waits[1] <= 0.4    # d/2 + uniform(0, d/2)
+    assert "xptools fetch: 2 requests failed and were tried again" in lines
+    assert len(read_table(str(tmp_path / "out.fits"))) == len(continuous)
+
+
+def test_a_refused_connection_is_named_in_plain_words(tmp_path):
+    with socket.socket() as s:     # a port on which nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/data-server/data"
+    r = run("fetch", "--ids", write_ids(tmp_path / "ids.txt", [4295806720]), "--datalink-url",
+            url, "-o", tmp_path / "out.fits", "--cache", tmp_path / "cache", "--retries", "1",
+            "--backoff", "0")
+    assert r.returncode == 1 and r.stderr.decode().splitlines() == [
+        f"xptools: warning: {url}: connection refused by 127.0.0.1:{port}; trying again in "
+        f"0.00 s (retry 1 of 1)",
+        f"xptools fetch: error: {url}: connection refused by 127.0.0.1:{port} (gave up after "
+        f"1 retry)"], r.stderr.decode()
+
+
+# A machine without network, in the xptools process: every host name but 127.0.0.1 fails to
+# resolve (as glibc says when no name server can be reached), so no query leaves the process;
+# each name looked up is appended to the file given as the first argument.
+OFFLINE = """
+import runpy, socket, sys
+real, log = socket.getaddrinfo, open(sys.argv.pop(1), "a")
+def getaddrinfo(host, *args, **kwargs):
+    log.write(f"{host}\\n")
+    log.flush()
+    if host in ("127.0.0.1", "localhost"):
+        return real(host, *args, **kwargs)
+    raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+socket.getaddrinfo = getaddrinfo
+runpy.run_module("xptools", run_name="__main__", alter_sys=True)
+"""
+CDN = "https://cdn.gea.esac.esa.int/Gaia/gdr3/Spectroscopy/xp_continuous_mean_spectrum/"
+MIRROR = "archive-mirror.invalid"   # RFC 6761: never resolves
+
+
+@pytest.mark.parametrize("args, host, message", [
+    ((), "gea.esac.esa.int", "no network: cannot resolve gea.esac.esa.int (check the "
+     "connection, or give --datalink-url/--tap-url for a mirror)"),
+    (("--query", "SELECT source_id FROM gaiadr3.gaia_source"), "gea.esac.esa.int",
+     "no network: cannot resolve gea.esac.esa.int (check the connection, or give "
+     "--datalink-url/--tap-url for a mirror)"),
+    (("--bulk", CDN, "--healpix-range", "0-1"), "cdn.gea.esac.esa.int",
+     "no network: cannot resolve cdn.gea.esac.esa.int (check the connection, or give --bulk a "
+     "mirror or a local folder)"),
+    (("--datalink-url", f"http://{MIRROR}/data-server/data"), MIRROR,
+     f"cannot resolve {MIRROR} (in http://{MIRROR}/data-server/data): a wrong host name, or no "
+     f"network"),
+    (("--query", "SELECT source_id FROM t", "--tap-url", f"http://{MIRROR}/tap"), MIRROR,
+     f"cannot resolve {MIRROR} (in http://{MIRROR}/tap/async): a wrong host name, or no "
+     f"network"),
+], ids=["datalink", "tap", "bulk", "datalink-mirror", "tap-mirror"])
+def test_a_host_name_that_does_not_resolve_fails_at_once(tmp_path, args, host, message):
+    """Issue 23: offline, fetch waited 148 s in silence through 8 retries, then printed a line
+    cut mid-word ('(Caused by Name)'). A name that does not resolve is not retried."""
+    if "--query" not in args and "--bulk" not in args:
+        args += ("--ids", write_ids(tmp_path / "ids.txt", [4295806720]))
+    lookups = tmp_path / "lookups.txt"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("XPTOOLS_DATALINK_URL", "XPTOOLS_TAP_URL") and "proxy" not in k.lower()}
+    start = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", OFFLINE, str(lookups), "fetch", *map(str, args),
+                        "-o", str(tmp_path / "out.fits"), "--cache", str(tmp_path / "cache"),
+                        "--retries", "3", "--backoff", "4"],   # retried: at least 14 s of waits
+                       capture_output=True, env=env, timeout=300)
+    elapsed = time.monotonic() - start
+    assert r.returncode == 1, r.stderr.decode()
+    assert r.stderr.decode() == f"xptools fetch: error: {message}\n"   # one whole line
+    assert lookups.read_text().split() == [host]                       # asked once
+    assert elapsed < 10
+    assert not (tmp_path / "out.fits").exists()
+
+
+def test_a_host_that_answered_and_stops_resolving_is_retried(tmp_path, monkeypatch):
+    """A name that resolved earlier in the run is a blip (a Wi-Fi reconnect), not an outage."""
+    from xptools.fetch.http import Http, RetryPolicy, Unresolvable
+
+    failing = [0]
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if failing[0]:
+            failing[0] -= 1
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    (tmp_path / "xp").mkdir()
+    (tmp_path / "xp" / "_MD5SUM.txt").write_text("d41d8cd98f00b204e9800998ecf8427e  a.csv.gz\n")
+    with ArchiveServer(tmp_path) as server:
+        url = server.add_bulk("xp", tmp_path / "xp") + "_MD5SUM.txt"
+        notes = []
+        http = Http(RetryPolicy(retries=3, backoff=0), notes.append)
+        failing[0] = 1
+        with pytest.raises(Unresolvable, match=r"^cannot resolve 127\.0\.0\.1 \(in "):
+            http.get_bytes(url)                      # never answered: not retried
+        assert notes == [] and not server.served()
+        listing = http.get_bytes(url)
+        failing[0] = 2
+        assert http.get_bytes(url) == listing
+    assert notes == [f"{url}: cannot resolve host 127.0.0.1; trying again in 0.00 s "
+                     f"(retry {n} of 3)" for n in (1, 2)]
+
+
+def test_long_messages_are_shortened_to_whole_words():
+    from xptools.fetch.http import clip
+
+    text = "HTTPSConnectionPool(host='gea.esac.esa.int', port=443): Max retries exceeded " \
+           "with url: /data-server/data (Caused by NameResolutionError(...))"
+    assert clip(text, 200) == text
+    assert clip(text, 120) == ("HTTPSConnectionPool(host='gea.esac.esa.int', port=443): Max "
+                               "retries exceeded with url: /data-server/data (Caused by ...")
+    assert clip("a\n  b ", 10) == "a b"
 
 
 # -- bulk files ---------------------------------------------------------------------------------
@@ -322,6 +462,8 @@ def test_query_sampled_and_gaia_columns(tmp_path, shared):
     assert len(report) == 15
     err = r.stderr.decode()
     assert "10 of 50 ids have no XP_SAMPLED" in err and "5 of 50 ids have no gaia_source" in err
+    assert re.search(rf"xptools: warning: {re.escape(server.tap_url)}\S*: HTTP 50[03] .*; "
+                     r"trying again in \d+\.\d+ s \(retry 1 of 20\)", err), err  # pyvo's too
 
 
 def test_unknown_gaia_column_is_a_clear_error(tmp_path, continuous):

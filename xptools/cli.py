@@ -299,7 +299,6 @@ def fetch(
     if input_format and ids is None:
         raise UserError("--input-format describes the --ids table; there is none")
     warn = (lambda message: None) if quiet else print_warning
-    note = print_warning if verbose else None
     sources = Sources(
         ids=ids, id_column=id_column, input_format=input_format, query=query,
         healpix_range=parse_healpix_range(healpix_range) if healpix_range else None,
@@ -307,7 +306,7 @@ def fetch(
         columns=parse_columns(columns) if columns else None, datalink_url=datalink_url,
         tap_url=tap_url, cache=os.path.abspath(cache or default_cache()),
         batch_size=batch_size, retry_missing=retry_missing)
-    http = Http(RetryPolicy(retries=retries, backoff=backoff, timeout=timeout), note)
+    http = Http(RetryPolicy(retries=retries, backoff=backoff, timeout=timeout), warn)
     writers = [TableWriter(output, format, overwrite)]
     if missing:
         writers.append(TableWriter(missing, None if format_from_name(missing) else "csv",

@@ -10,23 +10,43 @@ failed starts its count afresh, so a long file on a flaky line still completes.
 `download` resumes a partial file with an HTTP Range request (RFC 9110, section 14); a server
 that ignores Range answers 200 and the file starts again from zero. Any other 4xx is not
 retried: it is the request that is wrong, and the error names the URL and the status.
+
+Every retry is reported through ``note`` (the command passes its warning printer unless
+--quiet), one line saying what failed in plain words ("cannot resolve host H", "connection
+refused by H:P", "HTTP 503 Service Unavailable", "no data from H for 60 s") and the wait before
+the next try. A host name that does not resolve is not retried when that host has not answered
+yet in this run: it is an `Unresolvable` error at once ("no network: cannot resolve
+gea.esac.esa.int ..."), since a name that does not resolve now will not resolve during the
+minutes the retries take, whether the network is down or the name is misspelt, and a cron job
+should learn that at once. A host that answered earlier in the run and then stops resolving is
+a blip (a Wi-Fi reconnect, a resolver restart) and is retried like any connection error.
+Messages are whole: a long text from a server is shortened to whole words (`clip`).
 """
 
 from __future__ import annotations
 
 import email.utils
+import html
 import os
 import random
+import re
+import socket
 import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
+from urllib.parse import urlsplit
 
 from xptools.errors import UserError
 
 RETRY_STATUS = {408, 429}  # and every 5xx
 CHUNK = 1 << 20
 USER_AGENT = "xptools-fetch"
+# The archive's hosts, and what to do instead when their names do not resolve
+ARCHIVE_HOSTS = {
+    "gea.esac.esa.int": "give --datalink-url/--tap-url for a mirror",
+    "cdn.gea.esac.esa.int": "give --bulk a mirror or a local folder",
+}
 
 
 @dataclass
@@ -35,6 +55,11 @@ class RetryPolicy:
     backoff: float = 1.0      # seconds before the first retry; doubles each time
     max_delay: float = 60.0   # cap on one wait
     timeout: float = 60.0     # seconds to connect, and between two received bytes
+
+
+class Unresolvable(UserError):
+    """A host name that does not resolve, for a host that has not answered in this run: no
+    network, or a wrong name. Not retried."""
 
 
 class TransientError(Exception):
@@ -63,9 +88,38 @@ def _retry_after(response) -> float | None:
 
 
 def _status_error(url: str, response) -> UserError:
-    text = (response.text or "").strip().splitlines()
-    detail = f": {text[0][:200]}" if text else ""
-    return UserError(f"{url}: HTTP {response.status_code} {response.reason}{detail}")
+    detail = _server_says(response)
+    return UserError(f"{url}: HTTP {response.status_code} {response.reason}"
+                     + (f": {detail}" if detail else ""))
+
+
+def _server_says(response) -> str:
+    """The gist of an error answer, on one line: an HTML page's title, else the first line of
+    its text (the text of the elements, for XML such as a VOTable error document)."""
+    text = response.text or ""
+    if text.lstrip().startswith("<"):
+        title = re.search(r"<title[^>]*>(.*?)</title>", text, re.I | re.S)
+        if title:
+            text = title.group(1)
+        elif re.search(r"<html", text, re.I):
+            text = ""  # a page without a title: its text is navigation and styles
+        text = html.unescape(re.sub(r"<[^>]*>", "\n", text))
+    return clip(next((line for line in text.splitlines() if line.strip()), ""), 200)
+
+
+def clip(text: str, limit: int = 160) -> str:
+    """``text`` on one line; when longer than ``limit`` characters, its first whole words
+    followed by ' ...' (never a word cut in two)."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    head = text[:limit + 1]
+    head = head.rsplit(" ", 1)[0] if " " in head else text[:limit]  # one long token: a URL
+    return head.rstrip(" ,;:(") + " ..."
+
+
+def _seconds(delay: float) -> str:
+    return f"{delay:.2f} s" if delay < 1 else f"{delay:.1f} s" if delay < 10 else f"{delay:.0f} s"
 
 
 class Http:
@@ -76,23 +130,48 @@ class Http:
 
         self.policy = policy
         self.note = note or (lambda message: None)
+        self.reports = note is not None  # each retry is reported as it happens
         self.retried = 0
         self.received = 0
+        self.reached: set[str] = set()   # the hosts that answered in this run
         self._session = requests.Session()
         self._session.headers["User-Agent"] = USER_AGENT
         self.session = retrying_session(self)
+
+    def answered(self, url: str) -> None:
+        """Note that the host of ``url`` answered (so its name resolves)."""
+        host = urlsplit(url).hostname
+        if host:
+            self.reached.add(host.lower())
+
+    def failure(self, error: BaseException, url: str | None) -> str:
+        """Plain words for a network failure of a request to ``url``. A host name that does
+        not resolve, for a host that has not answered in this run, raises Unresolvable."""
+        host = _unresolved_host(error, url)
+        if host is not None and host.lower() not in self.reached:
+            hint = ARCHIVE_HOSTS.get(host.lower())
+            if hint:
+                message = f"no network: cannot resolve {host} (check the connection, or {hint})"
+            else:
+                message = (f"cannot resolve {host}" + (f" (in {url})" if url else "")
+                           + ": a wrong host name, or no network")
+            raise Unresolvable(message) from error
+        return _describe(error, url, self.policy.timeout)
 
     def wait(self, failures: int, what: str, error: object, retry_after: float | None) -> None:
         """Sleep before retry number ``failures``, or give up with the last error."""
         p = self.policy
         if failures > p.retries:
-            raise UserError(f"{what}: {error} (gave up after {p.retries} retries)")
+            gave_up = ("not tried again: --retries 0" if p.retries == 0 else
+                       f"gave up after {p.retries} {'retry' if p.retries == 1 else 'retries'}")
+            raise UserError(f"{what}: {error} ({gave_up})")
         d = min(p.max_delay, p.backoff * 2 ** (failures - 1))
         delay = d / 2 + random.uniform(0, d / 2)
         if retry_after is not None:
             delay = max(delay, min(retry_after, p.max_delay))
         self.retried += 1
-        self.note(f"{what}: {error}; retry {failures}/{p.retries} in {delay:.1f} s")
+        self.note(f"{what}: {error}; trying again in {_seconds(delay)} "
+                  f"(retry {failures} of {p.retries})")
         time.sleep(delay)
 
     def attempt(self, what: str, once: Callable[[], object], resumable: bool = False):
@@ -111,7 +190,7 @@ class Http:
                 error, retry_after = e, e.retry_after
             except (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError,
                     TimeoutError) as e:  # not other OSErrors: a full disk is no network fault
-                error, retry_after = _describe(e), None
+                error, retry_after = self.failure(e, _url_in(what)), None
             failures = 1 if resumable and self.received > before else failures + 1
             self.wait(failures, what, error, retry_after)
 
@@ -119,6 +198,7 @@ class Http:
         p = self.policy
         response = self._session.get(url, headers=headers or {}, stream=True,
                                      timeout=(p.timeout, p.timeout))
+        self.answered(url)
         if _retryable(response.status_code):
             response.close()
             raise TransientError(f"HTTP {response.status_code} {response.reason}",
@@ -181,6 +261,7 @@ class Http:
         def once():
             with self._session.post(url, data=data, stream=True,
                                     timeout=(p.timeout, p.timeout)) as response:
+                self.answered(url)
                 if _retryable(response.status_code):
                     raise TransientError(f"HTTP {response.status_code} {response.reason}",
                                          _retry_after(response))
@@ -236,16 +317,97 @@ def _content_range_total(response) -> int | None:
         return None
 
 
-def _describe(error: BaseException) -> str:
-    """A short name for a network failure (requests' messages run to several lines)."""
-    import requests
+def _url_in(what: str) -> str | None:
+    """The URL in a label such as 'https://...' or 'TAP https://...'."""
+    return next((word for word in what.split() if "://" in word), None)
 
-    if isinstance(error, requests.Timeout) or "timed out" in str(error).lower():
-        return "timed out"
-    if isinstance(error, requests.exceptions.ChunkedEncodingError) or "IncompleteRead" in str(error):
+
+def _chain(error: BaseException):
+    """``error`` and the exceptions it wraps (requests -> urllib3 -> socket), outermost first."""
+    seen, todo = set(), [error]
+    while todo:
+        e = todo.pop(0)
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [getattr(e, "reason", None), e.__cause__, e.__context__, *e.args]
+
+
+def _unresolved_host(error: BaseException, url: str | None) -> str | None:
+    """The host whose name did not resolve, when that is the failure."""
+    import urllib3
+
+    for e in _chain(error):
+        if isinstance(e, urllib3.exceptions.NameResolutionError):
+            return getattr(e, "_host", None) or _host(error, url) or "the host"
+        if isinstance(e, socket.gaierror):
+            return _host(error, url) or "the host"
+    return None
+
+
+def _host(error: BaseException, url: str | None, port: bool = False) -> str | None:
+    """The host (``port``: host:port) a failed request went to."""
+    request = getattr(error, "request", None)
+    url = getattr(request, "url", None) or url
+    if url:
+        parts = urlsplit(url)
+        if parts.hostname:
+            return f"{parts.hostname}:{parts.port}" if port and parts.port else parts.hostname
+    for e in _chain(error):
+        pool = getattr(e, "pool", None)
+        if getattr(pool, "host", None):
+            return f"{pool.host}:{pool.port}" if port and pool.port else pool.host
+    return None
+
+
+def _describe(error: BaseException, url: str | None = None, timeout: float | None = None) -> str:
+    """What a network failure was, in plain words (requests' own messages run to several
+    lines of connection-pool details)."""
+    import http.client
+    import ssl
+
+    import requests
+    import urllib3
+
+    chain = list(_chain(error))
+
+    def first(*kinds):
+        return next((e for e in chain if isinstance(e, kinds)), None)
+
+    host = _host(error, url) or "the server"
+    within = f" {timeout:g} s" if timeout else ""
+    if (name := _unresolved_host(error, url)) is not None:
+        return f"cannot resolve host {name}"
+    tls = first(ssl.SSLError)
+    if tls is not None or first(requests.exceptions.SSLError):
+        reason = getattr(tls, "verify_message", None) or getattr(tls, "reason", None)
+        return f"TLS with {host} failed" + (f" ({clip(reason, 80)})" if reason else "")
+    system = next((e for e in chain if isinstance(e, OSError) and isinstance(e.errno, int)
+                   and e.errno > 0), None)  # the operating system's reason
+    if isinstance(system, ConnectionRefusedError):
+        return f"connection refused by {_host(error, url, port=True) or host}"
+    if isinstance(system, ConnectionResetError):
+        return f"connection reset by {host}"
+    if system is not None:  # e.g. "network is unreachable", "no route to host"
+        return f"{os.strerror(system.errno).lower()} ({host})"
+    # (urllib3 2 makes NewConnectionError a ConnectTimeoutError, for compatibility)
+    if first(requests.ConnectTimeout) or any(
+            isinstance(e, urllib3.exceptions.ConnectTimeoutError)
+            and not isinstance(e, urllib3.exceptions.NewConnectionError) for e in chain):
+        return f"no connection to {host} within{within}" if within else f"no connection to {host}"
+    if first(requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError):
+        return f"no data from {host} for{within}" if within else f"no data from {host} (timed out)"
+    if first(requests.exceptions.ChunkedEncodingError, http.client.IncompleteRead,
+             urllib3.exceptions.IncompleteRead) or "IncompleteRead" in str(error):
         return "connection dropped in the middle of the body"
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return f"connection failed ({text[:120]})"
+    if first(http.client.RemoteDisconnected):
+        return f"{host} closed the connection without answering"
+    if "timed out" in str(error).lower():
+        return "timed out"
+    inner = chain[-1]
+    text = next((line for line in str(inner).splitlines() if line.strip()), type(inner).__name__)
+    return f"connection failed ({clip(text, 100)})"
 
 
 def retrying_session(http: Http):
@@ -267,8 +429,9 @@ def retrying_session(http: Http):
                     response = super().request(method, url, **kwargs)
                 except (requests.ConnectionError, requests.Timeout) as e:
                     failures += 1
-                    http.wait(failures, url, _describe(e), None)
+                    http.wait(failures, url, http.failure(e, url), None)
                     continue
+                http.answered(url)
                 if not _retryable(response.status_code):
                     return response
                 failures += 1
@@ -283,5 +446,5 @@ def retrying_session(http: Http):
 
 def warn_retries(http: Http, quiet: bool) -> None:
     if http.retried and not quiet:
-        print(f"xptools fetch: {http.retried} requests failed and were tried again "
-              f"(--verbose shows each)", file=sys.stderr)
+        print(f"xptools fetch: {http.retried} requests failed and were tried again"
+              + ("" if http.reports else " (--verbose shows each)"), file=sys.stderr)

@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from xptools.errors import UserError
-from xptools.fetch.http import Http, TransientError
+from xptools.fetch.http import Http, TransientError, clip
 from xptools.fetch.store import BatchStore, folder, key
 from xptools.io import Table, read_table
 from xptools.progress import progress
@@ -67,7 +67,7 @@ def _overflowed(path: str) -> bool:
             warnings.simplefilter("ignore", VOWarning)
             votable = parse(path, verify="ignore")
     except Exception as e:  # the XML parser raises many kinds
-        raise TransientError(f"unreadable TAP result ({str(e).splitlines()[0][:120]})") from e
+        raise TransientError(f"unreadable TAP result ({clip(str(e), 120)})") from e
     infos = list(votable.infos) + [i for r in votable.resources for i in r.infos]
     return any(i.name == "QUERY_STATUS" and str(i.value).upper() == "OVERFLOW" for i in infos)
 
@@ -101,7 +101,7 @@ class Tap:
             except DALQueryError as e:
                 raise UserError(f"TAP {self.url}: the query failed: {e}") from e
             except DALServiceError as e:
-                raise TransientError(f"TAP job failed ({str(e).splitlines()[0][:200]})") from e
+                raise TransientError(f"TAP job failed ({clip(str(e), 200)})") from e
             if result is None:
                 raise TransientError("TAP job completed without a result")
             try:
