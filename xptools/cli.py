@@ -597,6 +597,68 @@ def _latent_model(path: Optional[str], command: str):
     return loaded
 
 
+@app.command()
+@handles_errors("plot")
+def plot(
+    input: str = typer.Argument(..., help="Table of XP spectra, sampled or coefficients, "
+                                "and/or labels ('-' for stdin)."),
+    output: str = typer.Option(..., "-o", "--output", help="Image file: .png, .pdf or .svg; "
+                               "'-' writes PNG (or --format) to stdout when it is piped."),
+    rows: Optional[str] = typer.Option(None, "--rows", metavar="I,J,...",
+                                       help="Rows to draw, 0-based (e.g. 0,5,9; at most 20 "
+                                       "spectra). Default: the first 5."),
+    where: Optional[str] = typer.Option(None, "--where", metavar="EXPR",
+                                        help="Rows to draw: a filter such as 'teff<5000' or "
+                                        "'logg>4 and fe_h<-1' (and, or, not, parentheses; the "
+                                        "first 20 matches are drawn)."),
+    reconstruct: bool = typer.Option(False, "--reconstruct", help="Overlay svae "
+                                     "reconstructions and their scatter, with chi2, and the "
+                                     "residuals."),
+    kiel: bool = typer.Option(False, "--kiel", help="A Kiel diagram (log g against Teff, "
+                              "coloured by [Fe/H]) instead of the spectra; with --spectra or "
+                              "--reconstruct, beside them."),
+    spectra: bool = typer.Option(False, "--spectra", help="With --kiel: draw the spectra "
+                                 "too."),
+    prefix: Optional[str] = typer.Option(None, "--prefix", help="Label columns of --kiel: "
+                                         "P_teff, P_logg, P_fe_h (default: teff, logg, fe_h, "
+                                         "else the one prefixed set in the table)."),
+    linear: bool = typer.Option(False, "--linear", help="Linear flux axis (default: "
+                                "logarithmic)."),
+    model: Optional[str] = model_option("svae-apogee"),
+    format: Optional[str] = typer.Option(None, "--format", help="Image format: png, pdf or "
+                                         "svg (default: from the extension; PNG on stdout)."),
+    dpi: int = typer.Option(120, "--dpi", min=30, max=1200, help="Resolution of PNG images "
+                            "(dots per inch)."),
+    input_format: Optional[str] = INPUT_FORMAT,
+    overwrite: bool = OVERWRITE,
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
+) -> None:
+    """A quick look: spectra with their error bands, svae reconstructions (--reconstruct) or a
+    Kiel diagram (--kiel), as PNG, PDF or SVG. See docs/plot.md."""
+    from xptools.io import open_table
+    from xptools.plot import ImageTarget, RowFilter, parse_rows, run_plot
+    from xptools.progress import print_warning
+
+    if rows is not None and where is not None:
+        raise UserError("give --rows or --where, not both")
+    if model is not None and not reconstruct:
+        raise UserError("--model is for --reconstruct")
+    if prefix is not None and not kiel:
+        raise UserError("--prefix names the label columns of --kiel")
+    if spectra and not kiel:
+        raise UserError("--spectra is for --kiel (spectra are drawn by default)")
+    chosen = parse_rows(rows) if rows is not None else None
+    row_filter = RowFilter(where) if where is not None else None
+    target = ImageTarget(output, format, overwrite)
+    loaded = _latent_model(model, "generate") if reconstruct else None
+    with open_table(input, input_format) as src:
+        run_plot(src, target, rows=chosen, where=row_filter,
+                 spectra=not kiel or spectra or reconstruct, kiel=kiel, prefix=prefix,
+                 model=loaded, log=not linear, dpi=dpi,
+                 warn=(lambda m: None) if quiet else print_warning)
+
+
 def _not_yet(name: str, summary: str, issue: str):
     @handles_errors(name)
     def command(ctx: typer.Context) -> None:
