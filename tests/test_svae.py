@@ -3,6 +3,8 @@ tiny model trained for a few epochs on synthetic spectra."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -214,6 +216,23 @@ def test_generate_from_embed_is_the_reconstruction(model, data, tmp_path):
     observed = read_table(str(data / "valid.fits"))["flux"][:, ::3]
     band = (np.arange(336.0, 1021.0, 6.0) > 500) & (np.arange(336.0, 1021.0, 6.0) < 900)
     assert np.median(np.abs(rec["flux"][:, band] / observed[:, band] - 1)) < 0.2
+
+
+def test_reconstruct_after_embed_replaces_z(model, data, tmp_path):
+    """The README's pipeline: embed, then generate --reconstruct re-encodes the spectra; its z
+    and z_error replace embed's (the same encoder mean), other clashes still stop it."""
+    cmd = (f"{sys.executable} -m xptools embed {data / 'valid.fits'} --model {model} | "
+           f"{sys.executable} -m xptools generate --reconstruct - --model {model} "
+           f"-o {tmp_path / 'scored.fits'}")
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True)
+    assert r.returncode == 0, r.stderr.decode()
+    o = read_table(str(tmp_path / "scored.fits"))
+    assert o.colnames.count("z") == 1 and "chi2" in o.colnames
+    run("embed", data / "valid.fits", "--model", model, "-o", tmp_path / "z.fits")
+    np.testing.assert_array_equal(o["z"], read_table(str(tmp_path / "z.fits"))["z"])
+    r = run("generate", "--reconstruct", tmp_path / "scored.fits", "--model", model,
+            "-o", tmp_path / "again.fits")
+    assert r.returncode == 1 and b"already has a column 'chi2'" in r.stderr
 
 
 def test_reconstruct_scores_outliers(model, data, tmp_path):

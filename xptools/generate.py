@@ -15,7 +15,9 @@ spectrum was normalised with), else of a star of G = 0.
   its excess chi2~ and its worst sample: `ScatterVAE.outlier_percentile`).
 
 The input's sampled spectra (``flux``, ``flux_error``, ``wavelength``) are replaced, since a
-table holds spectra on one grid; every other input column passes through. ``generate_flag``
+table holds spectra on one grid, and so are its ``z`` and ``z_error`` with --reconstruct (what
+`xptools embed` adds: the reconstruction encodes the spectrum again); every other input column
+passes through. ``generate_flag``
 has the bits of `xptools embed` (docs/embed.md), plus 128: flux errors missing or not
 positive, so chi2 and outlier_percentile are NaN.
 """
@@ -81,9 +83,10 @@ def _spectra(model, chunk: Table, z: np.ndarray, g: np.ndarray | None = None):
     return flux, scatter
 
 
-def _layout(model, chunk: Table, keywords: dict) -> Table:
-    """The chunk without its sampled spectra, stamped with the model grid's keywords."""
-    table = chunk.select([c for c in chunk.colnames if c not in REPLACED])
+def _layout(model, chunk: Table, keywords: dict, replaced: tuple[str, ...] = ()) -> Table:
+    """The chunk without its sampled spectra (and the ``replaced`` columns), stamped with the
+    model grid's keywords."""
+    table = chunk.select([c for c in chunk.colnames if c not in REPLACED + replaced])
     for key in GRID_KEYWORDS:
         table.meta.pop(key, None)
     return stamp(table, {"XPKIND": "sampled", **grid_keywords(model.wavelengths), **keywords})
@@ -143,7 +146,9 @@ def run_reconstruct(src: InputTable, out: TableWriter, model, *, prefix: str | N
     """Encode and decode every spectrum; per-star chi2 and outlier percentile."""
     names = models.column_names(prefix, ["z", "z_error", "chi2", "outlier_percentile",
                                   "generate_flag"])
-    models.check_clash(src.schema, [*names.values(), "flux_scatter"], src.name)
+    encoded = (names["z"], names["z_error"])  # what `embed` adds: replaced, not a clash
+    models.check_clash(src.schema, [n for n in names.values() if n not in encoded]
+                       + ["flux_scatter"], src.name)
     source = XPSource(src.schema, src.name, model.features, with_errors=True)
     if source.kind == "sampled" and "flux_error" not in src.schema:
         raise UserError(f"{src.name}: no flux_error column (chi2 weighs each sample by its "
@@ -167,7 +172,7 @@ def run_reconstruct(src: InputTable, out: TableWriter, model, *, prefix: str | N
             chi2 = statistics["chi2"]
             flux, scatter = _spectra(model, chunk, z, g)
             percentile = model.outlier_percentile(statistics)
-            table = _layout(model, chunk, keywords)
+            table = _layout(model, chunk, keywords, replaced=encoded)
             _add_spectra(table, flux, scatter, "reconstructed")
             table.add_column(names["z"], z, description="latent coordinates (encoder mean)")
             table.add_column(names["z_error"], z_error, description="latent standard "
