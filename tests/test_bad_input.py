@@ -191,3 +191,31 @@ def test_help_imports_no_heavy_package():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == []
+
+
+def test_every_command_applies_one_rule_for_a_usable_spectrum(tmp_path):
+    """All-zero or all-negative flux is no spectrum: infer, embed and generate --reconstruct
+    all flag it 'no usable XP' (bit 1), as sample does for all-zero coefficients."""
+    from conftest import synthetic_sampled
+
+    t = synthetic_sampled(4)
+    t.remove_columns(["teff", "teff_err", "logg", "logg_err"])
+    t["flux"][1] = 0.0
+    t["flux"][2] = -np.abs(t["flux"][2])
+    src = tmp_path / "odd.fits"
+    write_table(t, str(src))
+    for command, flag in (("infer", "infer_flag"), ("embed", "embed_flag"),
+                          ("generate", "generate_flag")):
+        args = ["--reconstruct"] if command == "generate" else []
+        r = run(command, *args, src, "-o", tmp_path / f"{command}.fits")
+        assert r.returncode == 0, r.stderr
+        flags = read_table(str(tmp_path / f"{command}.fits"))[flag]
+        assert [int(f) & 1 for f in flags] == [0, 1, 1, 0], (command, flags)
+    z = read_table(str(tmp_path / "embed.fits"))["z"]
+    assert np.isnan(z[1:3]).all() and np.isfinite(z[[0, 3]]).all()
+    c = synthetic_continuous(n=3)
+    c["bp_coefficients"][1] = 0.0
+    write_table(c, str(tmp_path / "zero.fits"))
+    r = run("sample", tmp_path / "zero.fits", "-o", tmp_path / "zero_sampled.fits")
+    assert r.returncode == 0, r.stderr
+    assert list(read_table(str(tmp_path / "zero_sampled.fits"))["sample_flag"]) == [0, 1, 0]

@@ -5,7 +5,7 @@ encoder's sigma' for each dimension) and ``embed_flag``:
 
 | bit | value | meaning |
 |---|---|---|
-| 0 | 1  | no usable XP spectrum |
+| 0 | 1  | no usable XP spectrum (missing, or flux not positive as a whole: `usable_flux`) |
 | 1 | 2  | partial XP spectrum (e.g. BP or RP missing, NaN samples) |
 | 4 | 16 | no phot_g_mean_mag: G estimated from the XP spectrum |
 | 6 | 64 | the spectrum is incomplete or missing: z and z_error are NaN |

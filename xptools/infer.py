@@ -5,7 +5,7 @@ For each label the output gains ``<label>``, ``<label>_error``, ``<label>_q16`` 
 
 | bit | value | meaning |
 |---|---|---|
-| 0 | 1  | no usable XP spectrum (labels from photometry alone) |
+| 0 | 1  | no usable XP spectrum, missing or not positive as a whole (labels from photometry) |
 | 1 | 2  | partial XP spectrum (e.g. BP or RP missing, non-positive flux) |
 | 2 | 4  | no photometry |
 | 3 | 8  | some photometry missing |

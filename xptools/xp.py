@@ -46,6 +46,15 @@ class Band:
     corrupt: np.ndarray                 # (n,) bool: present but with NaN/inf values
 
 
+def usable_flux(flux: np.ndarray) -> np.ndarray:
+    """Which rows of sampled flux (n, N) are a usable spectrum: the one rule every command
+    applies. A spectrum needs finite samples with a positive total: single samples may be
+    negative (noise in the faint ends of BP and RP), but flux that is zero, or negative, as a
+    whole is no measurement of a star."""
+    with np.errstate(invalid="ignore"):
+        return np.nansum(flux, axis=1) > 0
+
+
 def array_columns(band: str) -> dict[str, str]:
     return {"coefficients": f"{band}_coefficients", "errors": f"{band}_coefficient_errors",
             "correlations": f"{band}_coefficient_correlations",
@@ -139,8 +148,9 @@ class ContinuousLayout:
         if correlations is not None:
             finite &= np.isfinite(correlations).all(axis=1)
         # A missing band is null throughout (the archive's empty arrays and null
-        # standard_deviation); anything else that is not finite is corrupt.
-        missing = np.isnan(coefficients).all(axis=1)
+        # standard_deviation) or all zero (no spectrum, the sampled form of which would fail
+        # `usable_flux`); anything else that is not finite is corrupt.
+        missing = np.isnan(coefficients).all(axis=1) | (coefficients == 0).all(axis=1)
         if cols["standard_deviation"] in chunk:
             missing |= ~np.isfinite(np.asarray(chunk[cols["standard_deviation"]], dtype=float))
         usable = finite & ~missing

@@ -27,7 +27,7 @@ from xptools.errors import UserError
 from xptools.io import Table
 from xptools.photometry import flux_excess_significance
 from xptools.xp import (BAND_OVERLAP, BANDS, DEFAULT_GRID, ContinuousLayout, detect_layout,
-                        sampled_grid)
+                        sampled_grid, usable_flux)
 
 REFERENCE = "phot_g_mean_mag"
 PHOTOMETRY = ("phot_bp_mean_mag", "phot_rp_mean_mag", "j_m", "h_m", "ks_m")
@@ -106,6 +106,8 @@ class FeatureSpec:
         values = xp * scale
         errors = None if xp_error is None else xp_error * scale
         observed = np.isfinite(values)
+        if self.xp == "sampled":  # a flux that is no spectrum at all is not observed
+            observed &= usable_flux(xp)[:, None]
         if self.transform == "log10":
             observed &= values > 0
             with np.errstate(divide="ignore", invalid="ignore"):
