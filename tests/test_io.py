@@ -220,3 +220,18 @@ def test_long_history_lines_survive_fits(tmp_path):
     path = str(tmp_path / "t.fits")
     write_table(t, path)
     assert read_table(path).history == t.history
+
+
+@pytest.mark.parametrize("fmt", ["fits", "csv", "ecsv", "votable"])
+def test_info_gives_the_width_of_text_columns(tmp_path, fmt):
+    import json
+
+    t = sample_table()
+    t.columns["name"] = np.array(["2M00000002+7417074", "b", "c", "d"])
+    path = tmp_path / f"t.{EXT[fmt]}"
+    write_table(t, str(path))
+    r = run("info", path, "--json")
+    assert r.returncode == 0, r.stderr
+    dtype = {c["name"]: c["dtype"] for c in json.loads(r.stdout)["columns"]}["name"]
+    assert dtype in ("<U18", "<U36")  # FITS keeps room to spare: twice the longest
+    assert dtype.encode() in run("info", path).stdout

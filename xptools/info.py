@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 from xptools.errors import UserError
@@ -37,14 +38,20 @@ def _layout(first, name: str) -> str:
 def describe(path: str, input_format: str | None, as_json: bool) -> None:
     with open_table(path, input_format) as src:
         schema = src.schema
+        dtypes = {n: schema[n].dtype for n in schema.colnames}
         if src.nrows is not None:
             nrows, first = src.nrows, next(src.chunks(1))
-        else:  # text formats: count the rows by reading them
+        else:  # text formats: count the rows by reading them, and find the text widths
             pieces = src.chunks(100_000)
             first = next(pieces)
-            nrows = len(first) + sum(len(c) for c in pieces)
+            nrows = 0
+            for piece in itertools.chain([first], pieces):
+                nrows += len(piece)
+                for n in schema.colnames:
+                    if piece[n].dtype.kind == "U":
+                        dtypes[n] = max(dtypes[n], piece[n].dtype, key=lambda d: d.itemsize)
         layout = _layout(first, src.name)
-        columns = [{"name": n, "dtype": str(schema[n].dtype),
+        columns = [{"name": n, "dtype": str(dtypes[n]),
                     "shape": list(schema[n].shape[1:]), "unit": schema.info[n].unit,
                     "description": schema.info[n].description} for n in schema.colnames]
         report = {"file": src.name, "format": src.format, "rows": nrows, "layout": layout,

@@ -31,8 +31,8 @@ _VLA_TYPES = {"D": "f8", "E": "f4", "K": "i8", "J": "i4", "I": "i2", "B": "u1", 
 
 def _native(a: np.ndarray) -> np.ndarray:
     """Native byte order, and text as str (FITS stores bytes)."""
-    if a.dtype.kind == "S":
-        return np.char.decode(a, "ascii", errors="replace")
+    if a.dtype.kind == "S":  # (the width given: an empty array would decode to <U1)
+        return np.char.decode(a, "ascii", errors="replace").astype(f"U{a.dtype.itemsize}")
     if a.dtype.kind == "U" or a.dtype.byteorder in ("=", "|"):
         return a
     return a.astype(a.dtype.newbyteorder("="))
