@@ -26,7 +26,8 @@ import numpy as np
 
 from xptools import models
 from xptools.io import read_table
-from xptools.models.features import FLAG_UNUSABLE, label_array
+from xptools.flags import FLAG_UNUSABLE
+from xptools.models.features import label_array
 
 ALPHA_LINE = 0.18      # dex: [alpha/M] above it is the high-alpha sequence
 TEFF_MAX = 5000.0      # K

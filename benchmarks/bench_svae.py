@@ -49,8 +49,8 @@ from scipy.stats import norm
 from xptools import models
 from xptools.io import read_table
 from xptools.metrics import sigma_mad
-from xptools.models.features import (FLAG_NO_ERRORS, FLAG_UNUSABLE, FLUX_EXCESS_LIMIT,
-                                     GAIA_MAGNITUDES, flux_excess_of, label_array)
+from xptools.flags import FLAG_NO_ERRORS, FLAG_UNUSABLE, FLUX_EXCESS_LIMIT
+from xptools.models.features import GAIA_MAGNITUDES, flux_excess_of, label_array
 from xptools.models.svae import knn_labels
 from xptools.photometry import flux_excess
 from xptools.xp import BAND_OVERLAP, DEFAULT_GRID

@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from xptools import __version__
+from xptools import __version__, flags
 from xptools.errors import NotImplementedYet, UserError
 
 app = typer.Typer(
@@ -359,7 +359,7 @@ def train(
               input_format=input_format, quiet=quiet)
 
 
-@app.command()
+@app.command(epilog=flags.help_text("infer"))
 @handles_errors("infer")
 def infer(
     input: str = typer.Argument(..., help="Table of XP spectra, sampled or coefficients "
@@ -506,7 +506,7 @@ def crossmatch(
         run_crossmatch(src, right_src, out, match, quiet=quiet, warn=warn)
 
 
-@app.command()
+@app.command(epilog=flags.help_text("embed"))
 @handles_errors("embed")
 def embed(
     input: str = typer.Argument(..., help="Table of XP spectra, sampled or coefficients "
@@ -535,7 +535,7 @@ def embed(
                       f"NaN z, see embed_flag")
 
 
-@app.command()
+@app.command(epilog=flags.help_text("generate"))
 @handles_errors("generate")
 def generate(
     input: Optional[str] = typer.Argument(None, metavar="[LATENTS | IN]",

@@ -1,14 +1,8 @@
 """`xptools embed`: latent coordinates of XP spectra with the scatter VAE.
 
 Each row gains ``z`` (one value per latent dimension: the encoder's mean mu), ``z_error`` (the
-encoder's sigma' for each dimension) and ``embed_flag``:
-
-| bit | value | meaning |
-|---|---|---|
-| 0 | 1  | no usable XP spectrum (missing, or flux not positive as a whole: `usable_flux`) |
-| 1 | 2  | partial XP spectrum (e.g. BP or RP missing, NaN samples) |
-| 4 | 16 | no phot_g_mean_mag: G estimated from the XP spectrum |
-| 6 | 64 | the spectrum is incomplete or missing: z and z_error are NaN |
+encoder's sigma' for each dimension) and ``embed_flag`` (its bits: `xptools.flags`, listed by
+``xptools embed --help``).
 
 All input columns pass through; rows are never dropped.
 """
@@ -19,7 +13,8 @@ import numpy as np
 
 from xptools import models
 from xptools.io import InputTable, TableWriter
-from xptools.models.features import FLAG_UNUSABLE, XPSource
+from xptools.flags import FLAG_UNUSABLE, description
+from xptools.models.features import XPSource
 from xptools.progress import progress
 from xptools.provenance import stamp
 
@@ -45,7 +40,7 @@ def run_embed(src: InputTable, out: TableWriter, model, *, prefix: str | None = 
             table.add_column(names["z_error"], z_error, description="latent standard "
                              "deviations (encoder sigma)")
             table.add_column(names["embed_flag"], flags.astype(np.int16),
-                             description="bitmask, see docs/embed.md")
+                             description=description("embed"))
             out.write(table)
             counts["rows"] += len(chunk)
             counts["unusable"] += int(np.count_nonzero(flags & FLAG_UNUSABLE))

@@ -17,9 +17,9 @@ spectrum was normalised with), else of a star of G = 0.
 The input's sampled spectra (``flux``, ``flux_error``, ``wavelength``) are replaced, since a
 table holds spectra on one grid, and so are its ``z`` and ``z_error`` with --reconstruct (what
 `xptools embed` adds: the reconstruction encodes the spectrum again); every other input column
-passes through. ``generate_flag``
-has the bits of `xptools embed` (docs/embed.md), plus 128: flux errors missing or not
-positive, so chi2 and outlier_percentile are NaN.
+passes through. ``generate_flag`` has the bits of `xptools embed`, plus 128 with --reconstruct:
+flux errors missing or not positive, so chi2 and outlier_percentile are NaN (`xptools.flags`,
+listed by ``xptools generate --help``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ import numpy as np
 from xptools import models
 from xptools.errors import UserError
 from xptools.io import InputTable, Table, TableWriter
-from xptools.models.features import FLAG_UNUSABLE, XPSource
+from xptools.flags import FLAG_UNUSABLE, description
+from xptools.models.features import XPSource
 from xptools.progress import progress
 from xptools.provenance import stamp
 from xptools.sampling import parse_grid
@@ -118,11 +119,11 @@ def run_generate(src: InputTable | None, out: TableWriter, model, *, grid: np.nd
     if src is None:
         table = Table()
         table.add_column("z", grid, description="latent coordinates")
-        chunks, total, name = [table], len(grid), "--z"
+        chunks, total = [table], len(grid)
     else:
         _check_latents(model, src.name, z_column, src.schema)
         models.check_clash(src.schema, [names["generate_flag"], "flux_scatter"], src.name)
-        chunks, total, name = src.chunks(chunk_rows, read_ahead=True), src.nrows, src.name
+        chunks, total = src.chunks(chunk_rows, read_ahead=True), src.nrows
     counts = {"rows": 0, "unusable": 0}
     with progress(total, "generate", quiet) as bar:
         for chunk in chunks:
@@ -132,8 +133,7 @@ def run_generate(src: InputTable | None, out: TableWriter, model, *, grid: np.nd
             table = _layout(model, chunk, keywords)
             _add_spectra(table, flux, scatter, "decoded")
             table.add_column(names["generate_flag"], flags.astype(np.int16),
-                             description=f"bitmask: 64 = no finite z in {name}, see "
-                                         f"docs/generate.md")
+                             description=description("generate"))
             out.write(table)
             counts["rows"] += len(chunk)
             counts["unusable"] += int(np.count_nonzero(flags))
@@ -182,9 +182,9 @@ def run_reconstruct(src: InputTable, out: TableWriter, model, *, prefix: str | N
                                          "s_hat^2)")
             table.add_column(names["outlier_percentile"], percentile.astype(np.float32),
                              description="outlier score's percentile among the training "
-                                         "stars (docs/generate.md)")
+                                         "stars (xptools generate --help)")
             table.add_column(names["generate_flag"], flags.astype(np.int16),
-                             description="bitmask, see docs/generate.md")
+                             description=description("generate"))
             out.write(table)
             counts["rows"] += n
             counts["unusable"] += int(np.count_nonzero(flags & FLAG_UNUSABLE))

@@ -1,17 +1,8 @@
 """`xptools infer`: stellar labels with uncertainties for every row of a table.
 
 For each label the output gains ``<label>``, ``<label>_error``, ``<label>_q16`` and
-``<label>_q84``, and one ``infer_flag`` bitmask per row:
-
-| bit | value | meaning |
-|---|---|---|
-| 0 | 1  | no usable XP spectrum, missing or not positive as a whole (labels from photometry) |
-| 1 | 2  | partial XP spectrum (e.g. BP or RP missing, non-positive flux) |
-| 2 | 4  | no photometry |
-| 3 | 8  | some photometry missing |
-| 4 | 16 | no phot_g_mean_mag: G estimated from the XP spectrum |
-| 5 | 32 | a prediction outside the training labels' 0.5..99.5 percentile range |
-| 6 | 64 | nothing usable: labels are NaN |
+``<label>_q84``, and one ``infer_flag`` bitmask per row (its bits: `xptools.flags`, listed by
+``xptools infer --help``).
 
 All input columns pass through.
 """
@@ -22,11 +13,16 @@ import numpy as np
 
 from xptools import models
 from xptools.io import InputTable, TableWriter
-from xptools.models.features import FLAG_UNUSABLE, XPSource
+from xptools.flags import FLAG_UNUSABLE, description
+from xptools.models.features import XPSource
 from xptools.progress import progress
 from xptools.provenance import stamp
 
-UNITS = {"teff": "K", "logg": "dex", "fe_h": "dex", "alpha_m": "dex", "m_h": "dex"}
+# Units of the labels. Logarithmic labels are in dex, which FITS and VOUnit have no unit for
+# (astropy warns on reading "dex" from FITS and VOTable), so their unit is left empty and their
+# description says "in dex".
+UNITS = {"teff": "K"}
+IN_DEX = ("logg", "fe_h", "alpha_m", "m_h")
 
 
 def output_names(labels: list[str], prefix: str | None) -> tuple[dict[str, list[str]], str]:
@@ -54,13 +50,14 @@ def run_infer(src: InputTable, out: TableWriter, model, *, prefix: str | None = 
             table = stamp(chunk.select(chunk.colnames), keywords)
             for label, names in columns.items():
                 unit = UNITS.get(label)
+                dex = ", in dex" if label in IN_DEX else ""
                 for name, data, what in zip(names, pred[label],
                                             ("median", "1-sigma error", "16% quantile",
                                              "84% quantile")):
                     table.add_column(name, data.astype(np.float32), unit=unit,
-                                     description=f"{label} {what} ({model.kind})")
+                                     description=f"{label} {what}{dex} ({model.kind})")
             table.add_column(flag_name, flags.astype(np.int16),
-                             description="bitmask, see docs/infer.md")
+                             description=description("infer"))
             out.write(table)
             counts["rows"] += len(chunk)
             counts["unusable"] += int(np.count_nonzero(pred["flag"] & FLAG_UNUSABLE))

@@ -325,7 +325,7 @@ def run_sample(src: InputTable, out: TableWriter, *, grid: np.ndarray | None = N
                 data = columns[name]
                 if name == "sample_flag":
                     table.add_column(name, data, description="bitmask: 1 = no usable BP, "
-                                     "2 = no usable RP (see docs/sample.md)")
+                                     "2 = no usable RP")
                 else:
                     table.add_column(name, data.astype(dtype, copy=False), unit=unit)
             flagged += int(np.count_nonzero(columns["sample_flag"]))

@@ -81,8 +81,7 @@ class Match:
 
 MATCH_COLUMNS = {  # name -> description; match_separation for sky matches only
     "match_count": "number of right rows that match this left row",
-    "match_flag": "bitmask: 1 = no key, 2 = bad position, 4 = no proper motion "
-                  "(see docs/crossmatch.md)",
+    "match_flag": "bitmask: 1 = no key, 2 = bad position, 4 = no proper motion",
     "match_separation": "separation between the matched positions",
 }
 

@@ -146,7 +146,7 @@ def _joined(request: Request, columns: list[Table | None], flags: np.ndarray, of
         raise UserError(f"{request.name}: already has a column 'fetch_flag'; drop or rename it "
                         f"first")
     table.add_column("fetch_flag", flags, description="bitmask: 1 = no XP spectrum found, "
-                     "2 = no gaia_source row found (see docs/fetch.md)")
+                     "2 = no gaia_source row found")
     return stamp(table, keywords)
 
 

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from xptools.errors import UserError
+from xptools.flags import (FLAG_FLUX_EXCESS, FLAG_G_FROM_XP, FLAG_NO_PHOTOMETRY, FLAG_NO_XP,
+                           FLAG_PARTIAL_PHOTOMETRY, FLAG_PARTIAL_XP, FLUX_EXCESS_LIMIT)
 from xptools.io import Table
 from xptools.photometry import flux_excess_significance
 from xptools.xp import (BAND_OVERLAP, BANDS, DEFAULT_GRID, ContinuousLayout, detect_layout,
@@ -33,20 +35,6 @@ REFERENCE = "phot_g_mean_mag"
 PHOTOMETRY = ("phot_bp_mean_mag", "phot_rp_mean_mag", "j_m", "h_m", "ks_m")
 G_WINDOW = (400.0, 950.0)  # nm, where the XP flux stands in for the G band
 
-# bits of the per-row flag columns (infer_flag, ...): from the inputs ...
-FLAG_NO_XP = 1
-FLAG_PARTIAL_XP = 2
-FLAG_NO_PHOTOMETRY = 4
-FLAG_PARTIAL_PHOTOMETRY = 8
-FLAG_G_FROM_XP = 16
-# ... and from the model
-FLAG_OUT_OF_RANGE = 32   # a prediction outside the training labels' 0.5..99.5 percentiles
-FLAG_UNUSABLE = 64       # nothing to predict from: the outputs are NaN
-FLAG_NO_ERRORS = 128     # XP errors missing, NaN or not positive: no chi2 for the row
-# ... and from the table's G, BP and RP magnitudes: |C*| > FLUX_EXCESS_LIMIT sigma_C*(G), a
-# BP/RP flux excess (`xptools.photometry`); the XP spectrum holds light G does not (a neighbour)
-FLAG_FLUX_EXCESS = 256
-FLUX_EXCESS_LIMIT = 3.0  # in units of sigma_C*(G)
 
 
 @dataclass

@@ -38,8 +38,8 @@ from torch import nn
 from xptools.errors import UserError
 from xptools.io import Table
 from xptools.metrics import label_metrics
-from xptools.models.features import (FLAG_FLUX_EXCESS, FLAG_OUT_OF_RANGE, FLAG_UNUSABLE,
-                                     FeatureSpec, XPSource, label_array, monitor_split)
+from xptools.flags import FLAG_FLUX_EXCESS, FLAG_OUT_OF_RANGE, FLAG_UNUSABLE
+from xptools.models.features import FeatureSpec, XPSource, label_array, monitor_split
 from xptools.xp import BANDS
 
 QUANTILES = (0.16, 0.5, 0.84)

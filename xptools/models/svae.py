@@ -42,8 +42,8 @@ from torch import nn
 from xptools.errors import UserError
 from xptools.io import Table
 from xptools.metrics import sigma_mad
-from xptools.models.features import (FLAG_NO_ERRORS, FLAG_UNUSABLE, FLUX_EXCESS_LIMIT,
-                                     GAIA_MAGNITUDES, FeatureSpec, XPSource, flux_excess_of,
+from xptools.flags import FLAG_NO_ERRORS, FLAG_UNUSABLE, FLUX_EXCESS_LIMIT
+from xptools.models.features import (GAIA_MAGNITUDES, FeatureSpec, XPSource, flux_excess_of,
                                      label_array, monitor_split)
 
 PERCENTILES = np.linspace(0.0, 100.0, 1001)   # where the training score distributions are stored
