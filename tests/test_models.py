@@ -262,3 +262,19 @@ def test_masking_of_bands_and_anchors():
     assert not (no_bp & no_rp).any()
     assert 0.25 < no_bp.mean() < 0.35 and 0.25 < no_rp.mean() < 0.35
     assert ((shown.all(axis=1)) | no_bp | no_rp).all()            # nothing else hidden
+
+
+def test_predict_reports_progress_within_a_chunk(model, data):
+    """The progress bar moves as batches of a chunk are done, not once per chunk."""
+    from xptools import models
+    from xptools.models.features import XPSource
+
+    loaded = models.load(str(model))
+    t = read_table(str(data / "valid.fits"))
+    xp, _ = XPSource(t, "valid", loaded.features)(t)
+    values, _, observed, _ = loaded.features.raw(t, xp, None)
+    x = loaded.features.scale(values)
+    steps = []
+    pred = loaded.predict(x, observed, batch=50, advance=steps.append)
+    assert steps == [50, 50, 20]
+    np.testing.assert_allclose(pred["teff"][0], loaded.predict(x, observed)["teff"][0], rtol=1e-6)

@@ -258,3 +258,17 @@ def test_pipeline_through_stdin_and_stdout(tmp_path, continuous_fits):
     info = run("info", "-", stdin=first.stdout)
     assert info.returncode == 0
     assert b"rows:     5" in info.stdout and b"XP sampled (343 samples" in info.stdout
+
+
+def test_sampler_reports_progress_within_a_chunk():
+    """The progress bar moves as blocks of a chunk are done; the steps add up to the rows."""
+    from xptools.basis import load_basis
+    from xptools.sampling import Sampler
+    from xptools.xp import ContinuousLayout
+
+    t = synthetic_continuous(n=700, missing_bp=(3, 4))
+    layout = ContinuousLayout(t, "synthetic")
+    steps = []
+    Sampler(load_basis()).sample({b: layout.band(t, b) for b in ("bp", "rp")},
+                                 advance=steps.append)
+    assert len(steps) >= 3 and sum(steps) == 700

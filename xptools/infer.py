@@ -45,7 +45,7 @@ def run_infer(src: InputTable, out: TableWriter, model, *, prefix: str | None = 
         for chunk in src.chunks(chunk_rows, read_ahead=True):
             xp, _ = source(chunk)
             values, _, observed, flags = model.features.raw(chunk, xp, None)
-            pred = model.predict(model.features.scale(values), observed)
+            pred = model.predict(model.features.scale(values), observed, advance=bar.update)
             flags = flags | pred["flag"]
             table = stamp(chunk.select(chunk.colnames), keywords)
             for label, names in columns.items():
@@ -62,5 +62,4 @@ def run_infer(src: InputTable, out: TableWriter, model, *, prefix: str | None = 
             counts["rows"] += len(chunk)
             counts["unusable"] += int(np.count_nonzero(pred["flag"] & FLAG_UNUSABLE))
             counts["flagged"] += int(np.count_nonzero(flags))
-            bar.update(len(chunk))
     return counts

@@ -197,8 +197,9 @@ class Sampler:
             out_cov[rows] = cov
         return flops
 
-    def sample(self, bands: dict[str, Band | None]) -> dict[str, np.ndarray]:
-        """Output columns for one chunk; ``bands`` maps 'bp'/'rp' to the chunk's spectra."""
+    def sample(self, bands: dict[str, Band | None], advance=None) -> dict[str, np.ndarray]:
+        """Output columns for one chunk; ``bands`` maps 'bp'/'rp' to the chunk's spectra;
+        ``advance(rows)``, if given, is called as blocks of rows are done (a progress bar)."""
         from concurrent.futures import ThreadPoolExecutor
 
         from threadpoolctl import threadpool_limits
@@ -241,7 +242,16 @@ class Sampler:
                 jobs.append((block, block_parts, outputs))
         with threadpool_limits(limits=1, user_api="blas"), \
                 ThreadPoolExecutor(self.threads) as pool:
-            self.flops += sum(pool.map(lambda job: self._block(*job), jobs))
+            sizes = [b.stop - b.start if isinstance(b, slice) else len(b) for b, _, _ in jobs]
+            done = reported = 0
+            for flops, size in zip(pool.map(lambda job: self._block(*job), jobs), sizes):
+                self.flops += flops
+                done += size
+                if advance is not None:  # the chunk's n rows, in step with its blocks
+                    advance(n * done // sum(sizes) - reported)
+                    reported = n * done // sum(sizes)
+        if advance is not None and not jobs:
+            advance(n)
         for name, done in covered.items():  # rows without a usable band
             for column in (name, name + "_error", name + "_covariance"):
                 if column in out:
@@ -320,7 +330,7 @@ def run_sample(src: InputTable, out: TableWriter, *, grid: np.ndarray | None = N
                     corrupt += int(spec.corrupt.sum())
                     first_corrupt = row if first_corrupt is None else first_corrupt
             table = stamp(chunk.select(passthrough), keywords)  # writers keep the first's
-            columns = sampler.sample(spectra)
+            columns = sampler.sample(spectra, advance=bar.update)
             for name in new:
                 data = columns[name]
                 if name == "sample_flag":
@@ -331,7 +341,6 @@ def run_sample(src: InputTable, out: TableWriter, *, grid: np.ndarray | None = N
             flagged += int(np.count_nonzero(columns["sample_flag"]))
             out.write(table)
             offset += len(chunk)
-            bar.update(len(chunk))
     if not layout.has_correlations:
         warn(f"{src.name} has no coefficient correlations: flux errors use the diagonal "
              f"covariance only (header XPERRCOR='diagonal')")

@@ -441,7 +441,8 @@ class MaskedStellarAutoencoder:
 
     # -- prediction -----------------------------------------------------------------------
 
-    def predict(self, x: np.ndarray, observed: np.ndarray, batch: int = 8192) -> dict:
+    def predict(self, x: np.ndarray, observed: np.ndarray, batch: int = 8192,
+                advance=None) -> dict:
         """Per label: median, error, q16, q84 (in label units) and a flag array.
 
         The ensemble median is the mean of the members' medians; each half-width is the rms of
@@ -454,10 +455,12 @@ class MaskedStellarAutoencoder:
         with torch.no_grad():
             xt = torch.from_numpy(np.asarray(x, np.float32))
             ot = torch.from_numpy(observed)
-            for i, net in enumerate(self.networks):
-                for s in range(0, n, batch):
+            for s in range(0, n, batch):
+                for i, net in enumerate(self.networks):
                     _, _, q = net(xt[s:s + batch], ot[s:s + batch])
                     quantiles[i, s:s + batch] = q.numpy()
+                if advance is not None:  # e.g. a progress bar's update(rows)
+                    advance(len(xt[s:s + batch]))
         mean, std = np.asarray(self.label_mean), np.asarray(self.label_std)
         q = quantiles.astype(np.float64) * std[None, None, :, None] + mean[None, None, :, None]
         median = q[..., 1].mean(axis=0)
