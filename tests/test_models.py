@@ -278,3 +278,13 @@ def test_predict_reports_progress_within_a_chunk(model, data):
     pred = loaded.predict(x, observed, batch=50, advance=steps.append)
     assert steps == [50, 50, 20]
     np.testing.assert_allclose(pred["teff"][0], loaded.predict(x, observed)["teff"][0], rtol=1e-6)
+
+
+def test_train_without_valid_says_so(data, tmp_path):
+    out = tmp_path / "model"
+    r = run("train", data / "train.fits", "--recipe", data / "tiny.json", "-o", out, "-q")
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"no validation report: give --valid FILE" in r.stdout
+    card = (out / "card.md").read_text()
+    assert "None: trained without `--valid`" in card
+    assert "rows above" not in card  # there are none to see

@@ -303,5 +303,9 @@ def run_train(kind: str, train_path: str, output: str, *, labels: list[str] | No
     if report:
         print(f"validation on {valid_path} ({report['rows']} rows):")
         print(model.report_text(report))
+    else:  # stdout says what was made, as with --valid
+        print(f"{kind} model trained on {split.get('train_rows')} rows of {train_path} "
+              f"({split.get('monitor_rows')} held out for early stopping); no validation "
+              f"report: give --valid FILE to measure it on stars it has not seen")
     print(f"model written to {output}", file=sys.stderr)
     return report or {}

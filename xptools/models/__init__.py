@@ -35,6 +35,10 @@ CARD = "card.md"
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
 # command -> shipped model directory name
 DEFAULTS = {"infer": "msa-apogee", "embed": "svae-apogee", "generate": "svae-apogee"}
+# the card's section for a model trained without --valid
+NO_VALIDATION = ["## Validation", "", "None: trained without `--valid`. Measure the model on "
+                 "stars it has not seen with `xptools train ... --valid FILE`, or label such "
+                 "stars with it and compare.", ""]
 
 
 def model_class(kind: str):

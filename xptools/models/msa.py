@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from xptools import models
 from xptools.errors import UserError
 from xptools.io import Table
 from xptools.metrics import label_metrics
@@ -418,24 +419,27 @@ class MaskedStellarAutoencoder:
                       "sigma_MAD = 1.4826 x median absolute deviation of prediction - reference; "
                       "z = difference / sqrt(sigma_pred^2 + sigma_ref^2).", "",
                       self.report_text(report), ""]
+        else:
+            lines += models.NO_VALIDATION
+        see = (lambda rows: f" (see the {rows} rows above)") if report else (lambda rows: "")
         lines += ["## Known limits", "",
                   "- Trained on APOGEE DR17 stars (mostly giants, G 8.7 to 15): predictions for "
                   "stars unlike them (white dwarfs, very hot or very cool stars, faint stars "
                   "with noisy XP) are extrapolations; infer_flag bit 32 marks predictions "
                   "outside the training labels' 0.5-99.5 percentile range.",
                   "- [Fe/H] and [alpha/M] are unknown for most stars above 7000 K in the "
-                  "training data: the model's abundances for hot stars are poorly constrained "
-                  "(see the teff>=7000 rows above).",
-                  "- Few training stars have [Fe/H] < -1: metal-poor stars are less accurate "
-                  "(see the fe_h<-1 rows above).",
+                  "training data: the model's abundances for hot stars are poorly constrained"
+                  f"{see('teff>=7000')}.",
+                  f"- Few training stars have [Fe/H] < -1: metal-poor stars are less accurate"
+                  f"{see('fe_h<-1')}.",
                   "- Less input, less accuracy: a source without BP or RP, or a table without "
                   "2MASS or BP/RP magnitudes, gets wider uncertainties and a flag; "
                   "`python benchmarks/bench_accuracy.py` prints the accuracy and z-scores for "
                   "each case.",
                   "- Sources with a BP/RP flux excess (infer_flag bit 256: |C*| > 3 "
                   "sigma_C*(G), Riello et al. 2021) have a neighbour's light in their XP "
-                  "spectrum: their labels are less accurate and their z-scores wider than 1 "
-                  "(see the flux excess rows above).",
+                  "spectrum: their labels are less accurate and their z-scores wider than 1"
+                  f"{see('flux excess')}.",
                   "- Labels are on the APOGEE DR17 (ASPCAP) scale, with its systematics.", ""]
         return "\n".join(lines)
 

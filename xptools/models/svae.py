@@ -39,10 +39,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from xptools import models
 from xptools.errors import UserError
+from xptools.flags import FLAG_NO_ERRORS, FLAG_UNUSABLE, FLUX_EXCESS_LIMIT
 from xptools.io import Table
 from xptools.metrics import sigma_mad
-from xptools.flags import FLAG_NO_ERRORS, FLAG_UNUSABLE, FLUX_EXCESS_LIMIT
 from xptools.models.features import (GAIA_MAGNITUDES, FeatureSpec, XPSource, flux_excess_of,
                                      label_array, monitor_split)
 
@@ -536,6 +537,9 @@ class ScatterVAE:
                       "benchmarks/bench_svae.py, whose k-NN draws the neighbours from the "
                       "training stars.", "",
                       self.report_text(report), ""]
+        else:
+            lines += models.NO_VALIDATION
+        see = (lambda rows: f" (see the {rows} above)") if report else (lambda rows: "")
         lines += ["## Known limits", "",
                   "- Trained on the XP spectra of APOGEE DR17 stars (mostly giants, G 8.7 to "
                   "15): stars unlike them (white dwarfs, QSOs, very hot or very cool stars, "
@@ -543,12 +547,12 @@ class ScatterVAE:
                   "point of the score but also means their z is an extrapolation.",
                   "- The outlier percentile is relative to the training stars, which the "
                   "model has seen: on new stars of the same kind the fraction above the 99th "
-                  "percentile can differ from 1% (see the validation row above).",
+                  f"percentile can differ from 1%{see('validation row')}.",
                   "- The latent axes are not labels: their order and sign are arbitrary and "
                   "change between trainings; the KL term can leave some of them nearly unused "
                   "(near-zero spread of z).",
-                  "- z is a coarse proxy for stellar labels (see the k-NN rows above; "
-                  "benchmarks/bench_svae.py runs the k-NN with the neighbours drawn from the "
+                  f"- z is a coarse proxy for stellar labels ("
+                  f"{'see the k-NN rows above; ' if report else ''}benchmarks/bench_svae.py runs the k-NN with the neighbours drawn from the "
                   "training stars, from z and from the input flux, and splits it into giants "
                   "and dwarfs and by extinction).",
                   "- The outlier percentile (docs/generate.md) catches large spectral "
