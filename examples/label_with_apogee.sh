@@ -17,6 +17,6 @@ xptools crossmatch "$data/xp_sampled.fits" "$data/apogee_labels.fits" \
     -o "$out" --overwrite
 xptools info "$out"
 
-# The same join, every APOGEE entry kept (a star observed twice appears twice), to CSV
-# without the spectra:
+# The same join, every APOGEE entry kept (a star observed twice appears twice; the spectra pass
+# through as always):
 #     xptools crossmatch xp_sampled.fits apogee_labels.fits --on source_id --all -o pairs.fits
