@@ -75,16 +75,19 @@ def done_with(tmp: str) -> None:
 
 def discard(tmp: str | None) -> None:
     """Remove a temporary file or folder of ours, if it is still there."""
-    if not tmp:
-        return
-    if os.path.isdir(tmp) and not os.path.islink(tmp):
-        shutil.rmtree(tmp, ignore_errors=True)
+    if tmp:
+        _remove(tmp)
+        done_with(tmp)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
     else:
         try:
-            os.remove(tmp)
+            os.remove(path)
         except OSError:
             pass
-    done_with(tmp)
 
 
 def remove_temporaries() -> None:
@@ -118,14 +121,7 @@ def remove_stale(path: str, suffix: str = ".part") -> list[str]:
             continue
         pid = name[len(mine):].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
-            stale = os.path.join(parent, name)
-            if os.path.isdir(stale):
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                try:
-                    os.remove(stale)
-                except OSError:
-                    continue
+            _remove(os.path.join(parent, name))
             removed.append(name)
     return removed
 
