@@ -161,7 +161,8 @@ def test_same_seed_same_model(model, data, tmp_path):
     assert not all(np.array_equal(a[k], c[k]) for k in a)
 
 
-def test_resume_after_kill_matches_an_uninterrupted_run(model, data, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_resume_after_kill_matches_an_uninterrupted_run(model, data, tmp_path, signum):
     recipe = dict(TINY, hyperparameters=dict(TINY["hyperparameters"], finetune_epochs=12))
     (tmp_path / "r.json").write_text(json.dumps(recipe))
     args = [sys.executable, "-m", "xptools", "train", str(data / "train.fits"), "--recipe",
@@ -169,14 +170,16 @@ def test_resume_after_kill_matches_an_uninterrupted_run(model, data, tmp_path):
     straight = tmp_path / "straight"
     assert subprocess.run(args + ["-o", str(straight)]).returncode == 0
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(args + ["-o", str(killed)], stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(args + ["-o", str(killed)], stderr=subprocess.PIPE)
     marker = killed.parent / "killed.partial" / "checkpoints" / "finetune-0.safetensors"
     deadline = time.time() + 120
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(signum)
+    _, err = proc.communicate()
     assert not killed.exists(), "the run finished before it could be killed"
+    if signum == signal.SIGTERM:  # a clean stop says where the checkpoints are
+        assert proc.returncode == 143 and b"continue with --resume" in err, err
     r = run("train", data / "train.fits", "--recipe", tmp_path / "r.json", "--checkpoint-every",
             "3", "--quiet", "-o", killed)
     assert r.returncode == 1 and b"--resume" in r.stderr  # no silent restart

@@ -286,7 +286,12 @@ def run_train(kind: str, train_path: str, output: str, *, labels: list[str] | No
     table = read_table(train_path, input_format)
     valid = read_table(valid_path, input_format) if valid_path else None
     trainer = Trainer(workdir, seed, checkpoint_every, resume, quiet, stderr_log(quiet))
-    split = model.fit_table(table, train_path, trainer)
+    try:
+        split = model.fit_table(table, train_path, trainer)
+    except KeyboardInterrupt:  # a signal: the checkpoints stay for --resume
+        print(f"xptools train: checkpoints kept in {workdir}: continue with --resume",
+              file=sys.stderr)
+        raise
     with open(train_path, "rb") if os.path.isfile(train_path) else open(os.devnull, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     model.provenance = {"xptools": __version__, "command": command_line(),
