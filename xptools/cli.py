@@ -669,8 +669,87 @@ def _not_yet(name: str, summary: str, issue: str):
                                         "ignore_unknown_options": True})(command)
 
 
-_not_yet("calibrate", "Calibrate model uncertainties and offsets against reference labels.",
-         "a later issue")
+@app.command(epilog="See docs/calibrate.md: what each diagnostic means, with pictures.")
+@handles_errors("calibrate")
+def calibrate(
+    labeled: str = typer.Argument(..., metavar="LABELED", help="An `xptools infer` output "
+                                  "('-' for stdin)."),
+    reference: Optional[str] = typer.Option(
+        None, "--reference", metavar="REF", help="Table of reference labels (<label> and "
+        "<label>_err or _error), joined on --on. Default: columns of LABELED, named by "
+        "--reference-columns."),
+    reference_columns: Optional[str] = typer.Option(
+        None, "--reference-columns", metavar="PREFIX|LABEL=COL,...", help="Names of the "
+        "reference columns: a prefix (apogee_ gives apogee_teff, apogee_teff_err) or "
+        "label=column pairs. Default: the label names."),
+    on: str = typer.Option("source_id", "--on", metavar="COL[=REFCOL]",
+                           help="Id column of the join with REF."),
+    best: Optional[str] = typer.Option(None, "--best", metavar="COL", help="Of REF rows with "
+                                       "the same id, keep the one with the highest COL "
+                                       "(e.g. snr); without it duplicate ids are an error."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Labels to check, e.g. "
+                                         "teff,logg (default: the model's)."),
+    prefix: Optional[str] = typer.Option(None, "--prefix", help="Prefix of the predicted "
+                                         "columns (infer --prefix)."),
+    where: Optional[list[str]] = typer.Option(
+        None, "--where", metavar="EXPR", help="A subset to report besides all rows, e.g. "
+        "'teff_ref < 7000' (repeatable; the columns of LABELED and REF, REF's with _ref "
+        "where LABELED has the name)."),
+    fit_where: Optional[str] = typer.Option(None, "--fit-where", metavar="EXPR",
+                                            help="The rows --fit uses (default: all)."),
+    fit: str = typer.Option("none", "--fit", help="none (diagnose only), scale (one factor "
+                            "per label for the errors) or linear (value -> a x value + b, "
+                            "then scale)."),
+    scale_target: str = typer.Option("mad", "--scale-target", help="What s makes true: mad "
+                                     "(sigma_MAD of z is 1) or coverage (+-1 sigma holds "
+                                     "68.27% of the differences)."),
+    plots: Optional[str] = typer.Option(None, "--plots", metavar="DIR", help="Write the "
+                                        "figures (PNG) into this folder."),
+    report: Optional[str] = typer.Option(None, "--report", metavar="FILE.json",
+                                         help="Write every diagnostic as JSON ('-': stdout)."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", metavar="DIR",
+                                         help="Write the model with the fitted calibration "
+                                              "(needs --fit); infer --model DIR applies it."),
+    model: Optional[str] = typer.Option(None, "--model", metavar="DIR", help="The model "
+                                        "directory that made LABELED (default: the shipped "
+                                        "one its header names)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    bootstrap: int = typer.Option(200, "--bootstrap", min=0, help="Bootstrap resamplings "
+                                  "for the errors of the fit."),
+    input_format: Optional[str] = typer.Option(None, "--input-format", help="Format of "
+                                               "LABELED, when the name does not tell."),
+    overwrite: bool = OVERWRITE,
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Are a label model's error bars honest against reference labels? PIT, D_KS, coverage,
+    z-scores; --fit scale|linear corrects them, -o DIR stores the correction for infer."""
+    from xptools.calibrate import Options, check_outputs, run_calibrate, write_outputs
+    from xptools.io import STDIO, open_table
+    from xptools.progress import print_warning
+
+    opts = Options(reference=reference, reference_columns=reference_columns,
+                   on=_pair(on, "--on"), best=best,
+                   labels=[l.strip() for l in labels.split(",") if l.strip()] if labels
+                   else None, prefix=prefix, where=list(where or []), fit_where=fit_where,
+                   fit=fit.lower(), scale_target=scale_target.lower(), model=model,
+                   seed=seed, bootstrap=bootstrap,
+                   output=output)
+    opts.check()
+    if labeled == STDIO and reference == STDIO:
+        raise UserError("LABELED and --reference cannot both be '-' (stdin)")
+    warn = (lambda m: None) if quiet else print_warning
+    outputs = {"plots": plots, "report": report, "output": output}
+    check_outputs(outputs, overwrite)
+    if output is not None:
+        _torch(1)
+    with open_table(labeled, input_format) as src:
+        if reference is None:
+            result = run_calibrate(src, None, opts, warn)
+        else:
+            with open_table(reference) as ref:
+                result = run_calibrate(src, ref, opts, warn)
+    write_outputs(result, outputs, overwrite, quiet)
 _not_yet("flag", "Quality and out-of-distribution flags.", "a later issue")
 
 

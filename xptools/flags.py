@@ -19,6 +19,9 @@ FLAG_NO_ERRORS = 128     # XP errors missing, NaN or not positive: no chi2 for t
 # BP/RP flux excess (`xptools.photometry`); the XP spectrum holds light G does not (a neighbour)
 FLAG_FLUX_EXCESS = 256
 FLUX_EXCESS_LIMIT = 3.0  # in units of sigma_C*(G)
+# ... and from a calibrated model (`xptools calibrate -o`): a raw prediction outside the range
+# the calibration was fitted on
+FLAG_OUTSIDE_CALIBRATION = 512
 
 _XP = {
     FLAG_NO_XP: "no usable XP spectrum (missing, or its flux not positive as a whole)",
@@ -44,6 +47,9 @@ BITS = {
                            "range",
         FLAG_UNUSABLE: "nothing usable: the labels are NaN",
         **_EXCESS,
+        FLAG_OUTSIDE_CALIBRATION: "a prediction outside the range the model's calibration "
+                                  "was fitted on (xptools calibrate -o): its calibrated value "
+                                  "and error are extrapolated",
     },
     "embed": _LATENT,
     "generate": {**_LATENT,
@@ -64,3 +70,4 @@ def help_text(command: str) -> str:
 def description(command: str) -> str:
     """The flag column's description in output files, which an installed wheel can follow."""
     return f"bitmask; the bits: xptools {command} --help"
+

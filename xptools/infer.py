@@ -2,7 +2,9 @@
 
 For each label the output gains ``<label>``, ``<label>_error``, ``<label>_q16`` and
 ``<label>_q84``, and one ``infer_flag`` bitmask per row (its bits: `xptools.flags`, listed by
-``xptools infer --help``).
+``xptools infer --help``). A model directory with a calibration (`xptools calibrate -o`) has
+it applied to the model's outputs (`xptools.calibrate.calibration`), recorded in the header
+(XPTCALIB, XPTCFIT).
 
 All input columns pass through.
 """
@@ -40,6 +42,8 @@ def run_infer(src: InputTable, out: TableWriter, model, *, prefix: str | None = 
                        + [flag_name], src.name)
     source = XPSource(src.schema, src.name, model.features)
     keywords = models.keywords(model)
+    calibration = getattr(model, "calibration", None)
+    how = f"{model.kind}, calibrated" if calibration is not None else model.kind
     counts = {"rows": 0, "unusable": 0, "flagged": 0}
     with progress(src.nrows, "infer", quiet) as bar:
         for chunk in src.chunks(chunk_rows, read_ahead=True):
@@ -47,6 +51,8 @@ def run_infer(src: InputTable, out: TableWriter, model, *, prefix: str | None = 
             values, _, observed, flags = model.features.raw(chunk, xp, None)
             pred = model.predict(model.features.scale(values), observed, advance=bar.update)
             flags = flags | pred["flag"]
+            if calibration is not None:
+                flags = flags | calibration.apply_predictions(pred)
             table = stamp(chunk.select(chunk.colnames), keywords)
             for label, names in columns.items():
                 unit = UNITS.get(label)
@@ -55,7 +61,7 @@ def run_infer(src: InputTable, out: TableWriter, model, *, prefix: str | None = 
                                             ("median", "1-sigma error", "16% quantile",
                                              "84% quantile")):
                     table.add_column(name, data.astype(np.float32), unit=unit,
-                                     description=f"{label} {what}{dex} ({model.kind})")
+                                     description=f"{label} {what}{dex} ({how})")
             table.add_column(flag_name, flags.astype(np.int16),
                              description=description("infer"))
             out.write(table)

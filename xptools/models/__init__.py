@@ -7,6 +7,8 @@ A model is a directory:
     weights.safetensors  the learned tensors (safetensors: loading cannot run code)
     card.md              data, split, validation metrics and known limits
     validation.json      the final validation report (when trained with xptools train)
+    calibration.json     what `xptools calibrate -o` measured (the calibration itself is
+                         config.json's ``calibration`` section, applied by `xptools infer`)
 
 `load(path)` checks the config and that the weights match what the config builds, and fails
 with one clear line otherwise. The shipped default models live in ``xptools/data/``.
@@ -104,14 +106,27 @@ def load(path: str):
     model.load_tensors(tensors, file)
     model.path = path
     model.checksum = weights_checksum(path)
+    model.calibration = None
+    if config.get("calibration") is not None:
+        from xptools.calibrate.calibration import Calibration
+
+        try:
+            model.calibration = Calibration.from_dict(config["calibration"], model.labels)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{path}: bad calibration in {CONFIG} ({type(e).__name__}: {e})") \
+                from e
     return model
 
 
 def keywords(model) -> dict[str, str]:
     """Header keywords naming the model an output was made with: its directory name, kind,
     and the start of its weights' SHA-256."""
-    return {"XPTMODEL": os.path.basename(os.path.normpath(model.path or "")) or model.kind,
-            "XPTMKIND": model.kind, "XPTMSUM": (model.checksum or "")[:16]}
+    out = {"XPTMODEL": os.path.basename(os.path.normpath(model.path or "")) or model.kind,
+           "XPTMKIND": model.kind, "XPTMSUM": (model.checksum or "")[:16]}
+    calibration = getattr(model, "calibration", None)
+    if calibration is not None:  # `xptools calibrate -o`: which calibration was applied
+        out.update({"XPTCALIB": calibration.id, "XPTCFIT": calibration.fit})
+    return out
 
 
 def column_names(prefix: str | None, names: list[str]) -> dict[str, str]:
@@ -146,8 +161,13 @@ def check_tensors(module, tensors: dict, file: str) -> None:
 
 
 def save(model, path: str, card: str, overwrite: bool = False,
-         extra_files: dict[str, str] | None = None) -> None:
-    """Write a model directory atomically (a temporary directory renamed into place)."""
+         extra_files: dict[str, str | bytes] | None = None,
+         checksum: str | None = None) -> None:
+    """Write a model directory atomically (a temporary directory renamed into place).
+
+    ``extra_files``: name -> text (or bytes). ``checksum``: the SHA-256 the weights must have
+    (a model written again with the same weights); checked before the directory appears. A
+    model with a ``calibration`` (`xptools calibrate`) keeps it in config.json."""
     from safetensors.torch import save
 
     if os.path.exists(path) and not overwrite:
@@ -156,14 +176,21 @@ def save(model, path: str, card: str, overwrite: bool = False,
     os.makedirs(parent, exist_ok=True)
     tmp = atomic.temporary_beside(path, suffix=".tmp", folder=True)
     try:
+        config = model.to_config()
+        if getattr(model, "calibration", None) is not None:
+            config["calibration"] = model.calibration.to_dict()
         with open(os.path.join(tmp, CONFIG), "w") as f:
-            json.dump(model.to_config(), f, indent=1)
+            json.dump(config, f, indent=1)
         with open(os.path.join(tmp, WEIGHTS), "wb") as f:  # save_file makes it private
             f.write(save({k: v.contiguous() for k, v in model.tensors().items()}))
+        if checksum is not None and weights_checksum(tmp) != checksum:
+            raise UserError(f"{path}: the weights written differ from the model's (SHA-256 "
+                            f"{weights_checksum(tmp)[:16]}, expected {checksum[:16]}); "
+                            f"nothing written")
         with open(os.path.join(tmp, CARD), "w") as f:
             f.write(card)
         for name, text in (extra_files or {}).items():
-            with open(os.path.join(tmp, name), "w") as f:
+            with open(os.path.join(tmp, name), "wb" if isinstance(text, bytes) else "w") as f:
                 f.write(text)
         if os.path.exists(path):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old.", dir=parent)
