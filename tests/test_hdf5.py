@@ -269,3 +269,12 @@ def test_bad_files_name_the_file(tmp_path):
         f["__astropy_table__.__table_column_meta__"] = np.array([b"datatype: [unclosed"])
     with pytest.raises(UserError, match="yaml.h5: unreadable table header"):
         read_table(str(tmp_path / "yaml.h5"))
+
+
+def test_too_many_columns_is_one_clear_line(tmp_path):
+    t = Table()
+    for i in range(1500):
+        t.add_column(f"column_number_{i}", np.arange(3.0))
+    with pytest.raises(UserError, match="1500 columns are more than one HDF5 table"):
+        write_table(t, str(tmp_path / "wide.h5"))
+    assert os.listdir(tmp_path) == []

@@ -314,9 +314,16 @@ class Hdf5Writer:
         self._sink = _Sink(self.path)
         self._file = h5py.File(self._sink, "w")
         chunk_rows = max(1, CHUNK_BYTES // max(dtype.itemsize, 1))
-        self._dataset = self._file.create_dataset(TABLE_PATH, shape=(0,), maxshape=(None,),
-                                                  dtype=dtype, chunks=(chunk_rows,),
-                                                  **COMPRESSION)
+        try:
+            self._dataset = self._file.create_dataset(TABLE_PATH, shape=(0,), maxshape=(None,),
+                                                      dtype=dtype, chunks=(chunk_rows,),
+                                                      **COMPRESSION)
+        except ValueError as e:  # HDF5 keeps a compound type in one 64 KiB header message
+            if "header message is too large" not in str(e):
+                raise
+            raise UserError(f"{len(columns)} columns are more than one HDF5 table (a compound "
+                            f"type of at most 64 KiB of names and types) can hold; write "
+                            f"ECSV or VOTable, or fewer columns") from None
         self._file.create_dataset(TABLE_PATH + META_SUFFIX,
                                   data=np.array([line.encode("utf-8") for line in header]))
 
