@@ -60,15 +60,24 @@ def _key(internal: bool, grid: np.ndarray | None) -> str:
 
 def load_basis(internal: bool = False, grid: np.ndarray | None = None) -> Basis:
     """The design matrices for a grid (None: GaiaXPy's default grid), from cache or GaiaXPy."""
-    path = os.path.join(cache_dir(), f"basis-{_key(internal, grid)}.npz")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError):
-        arrays = _from_gaiaxpy(internal, grid)
-        _save(path, arrays)
+    arrays = cached_arrays(f"basis-{_key(internal, grid)}.npz",
+                           lambda: _from_gaiaxpy(internal, grid))
     pick = lambda prefix: {b: arrays[f"{prefix}_{b}"] for b in BANDS if f"{prefix}_{b}" in arrays}
     return Basis(arrays["grid"], internal, pick("merged"), pick("alone"), pick("design"))
+
+
+def cached_arrays(name: str, compute) -> dict[str, np.ndarray]:
+    """The arrays of cache file ``name`` (in `cache_dir`), or ``compute()``'s, saved there for
+    the next run. The file name must change with whatever the arrays depend on (GaiaXPy's
+    version, the grid); `xptools.synthetic` keeps its photometric systems here too."""
+    path = os.path.join(cache_dir(), name)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError):
+        arrays = compute()
+        _save(path, arrays)
+        return arrays
 
 
 def _save(path: str, arrays: dict[str, np.ndarray]) -> None:
@@ -89,9 +98,10 @@ def _save(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 @contextlib.contextmanager
-def _silenced():
-    """GaiaXPy prints progress on stdout (our data channel) and stderr; our unit-vector calls
-    are internal, so both go to /dev/null while they run."""
+def silenced():
+    """GaiaXPy prints progress on stdout (our data channel) and stderr; our calls to it are
+    internal (unit vectors here, filter definitions in `xptools.synthetic`), so both go to
+    /dev/null while they run."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -137,7 +147,7 @@ def _from_gaiaxpy(internal: bool, grid: np.ndarray | None) -> dict[str, np.ndarr
     if sys.stderr.isatty():  # a few seconds' wait deserves a word, logs do not need it
         print("xptools: computing GaiaXPy design matrices for this grid (cached for next time)",
               file=sys.stderr)
-    with _silenced():
+    with silenced():
         import gaiaxpy
 
         grid_option = {} if grid is None else {"sampling": grid}  # None: GaiaXPy's default

@@ -659,6 +659,61 @@ def plot(
                  warn=(lambda m: None) if quiet else print_warning)
 
 
+@app.command(epilog=flags.help_text("photometry"))
+@handles_errors("photometry")
+def photometry(
+    input: Optional[str] = typer.Argument(None, metavar="IN", help="Table of XP continuous "
+                                          "spectra ('-' for stdin)."),
+    system: Optional[list[str]] = typer.Option(
+        None, "--system", "-s", help="Photometric systems, GaiaXPy's names, comma-separated "
+        "or repeated (e.g. JKC_Std,SDSS_Std; any case). --list shows them."),
+    list_systems: bool = typer.Option(False, "--list", help="Print the systems and their "
+                                      "bands, and exit."),
+    error_correction: bool = typer.Option(
+        False, "--error-correction", help="Inflate the flux errors by the Montegriffo et al. "
+        "(2022) tables (GaiaXPy error_correction=True)."),
+    truncate: bool = typer.Option(False, "--truncate", help="Use only the first "
+                                  "bp/rp_n_relevant_bases coefficients (GaiaXPy truncation)."),
+    drop_coefficients: bool = typer.Option(False, "--drop-coefficients", help="Leave the "
+                                           "coefficient, error and correlation columns out."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on NaN or infinite coefficients "
+                                "instead of flagging the row."),
+    chunk_rows: Optional[int] = typer.Option(None, "--chunk-rows", min=1,
+                                             help="Rows per chunk (memory vs speed)."),
+    output: str = OUTPUT,
+    format: Optional[str] = FORMAT,
+    input_format: Optional[str] = INPUT_FORMAT,
+    overwrite: bool = OVERWRITE,
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
+) -> None:
+    """XP coefficients -> synthetic photometry in GaiaXPy's systems (GaiaXPy generate, exact).
+
+    Adds <label>_mag_<band> (mag), <label>_flux_<band> and <label>_flux_error_<band> (W m-2
+    nm-1, or W m-2 Hz-1 for AB systems) per system, and photometry_flag. All input columns
+    pass through. See docs/photometry.md.
+    """
+    from xptools.io import TableWriter, open_table
+    from xptools.progress import print_warning
+    from xptools.synthetic import describe_systems, find_systems, run_photometry
+
+    if list_systems:
+        if input is not None or system:
+            raise UserError("--list takes no input table or --system")
+        sys.stdout.write(describe_systems())
+        return
+    if input is None or not system:
+        raise UserError("give a table of XP coefficients and --system NAME[,NAME...] "
+                        "(or --list to see the systems)")
+    systems = find_systems([n for value in system for n in value.split(",") if n.strip()])
+    with TableWriter(output, format, overwrite, write_behind=True) as out, \
+            open_table(input, input_format) as src:
+        run_photometry(src, out, systems, error_correction=error_correction,
+                       truncate=truncate, strict=strict, drop_coefficients=drop_coefficients,
+                       chunk_rows=chunk_rows, quiet=quiet,
+                       warn=(lambda m: None) if quiet else print_warning)
+
+
 def _not_yet(name: str, summary: str, issue: str):
     @handles_errors(name)
     def command(ctx: typer.Context) -> None:

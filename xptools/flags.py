@@ -71,3 +71,17 @@ def description(command: str) -> str:
     """The flag column's description in output files, which an installed wheel can follow."""
     return f"bitmask; the bits: xptools {command} --help"
 
+
+# photometry_flag of `xptools photometry` (xptools.synthetic): bits 1 and 2 are sample_flag's
+PHOTOMETRY_NO_BP = 1
+PHOTOMETRY_NO_RP = 2
+PHOTOMETRY_NO_MAGNITUDE = 4
+BITS["photometry"] = {
+    PHOTOMETRY_NO_BP: "no usable BP spectrum (missing, or NaN/infinite coefficients or "
+                      "errors): every magnitude, flux and flux error of the row is NaN, as in "
+                      "GaiaXPy",
+    PHOTOMETRY_NO_RP: "no usable RP spectrum: as for BP, the whole row's photometry is NaN",
+    PHOTOMETRY_NO_MAGNITUDE: "a band's flux is zero or negative (its magnitude is NaN; the "
+                             "flux and error are kept), or a colour-corrected band (JKC_Std "
+                             "U, SDSS_Std u) lacks its colour (all three NaN)",
+}

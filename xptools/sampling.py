@@ -217,6 +217,9 @@ class Sampler:
                        [("bp", ("merged", "bp")), ("rp", ("merged", "rp"))]),
                       ("flux", has["bp"] & ~has["rp"], [("bp", ("alone", "bp"))]),
                       ("flux", ~has["bp"] & has["rp"], [("rp", ("alone", "rp"))])]
+            # a basis without a band-alone matrix (synthetic photometry: GaiaXPy gives none
+            # without both bands) leaves the rows with that band alone NaN
+            groups = [g for g in groups if all(key in self._matrices for _, key in g[2])]
         m = self.n_samples
         out: dict[str, np.ndarray] = {}
         covered: dict[str, np.ndarray] = {}

@@ -83,10 +83,13 @@ class ContinuousLayout:
 
     ``bands`` are the bands the caller needs: a table without the columns of one of them is an
     error (rows without a spectrum are NaN rows in the columns, never absent columns); with
-    ``bands=None`` any band the table has will do (e.g. to describe a table).
+    ``bands=None`` any band the table has will do (e.g. to describe a table). The error says
+    how to use the other band alone (`sample --band`), or ``why_both`` when a command needs
+    both.
     """
 
-    def __init__(self, schema: Table, name: str, bands: tuple[str, ...] | None = BANDS):
+    def __init__(self, schema: Table, name: str, bands: tuple[str, ...] | None = BANDS,
+                 why_both: str | None = None):
         self.name = name
         self.kind = detect_layout(schema)
         if self.kind not in ("arrays", "columns"):
@@ -98,7 +101,8 @@ class ContinuousLayout:
         for band in bands or ():
             if band not in self.bands:
                 other = [b for b in BANDS if b != band]
-                hint = (f"; to use {other[0].upper()} alone, sample with --band {other[0]}"
+                hint = (f"; {why_both}" if why_both else
+                        f"; to use {other[0].upper()} alone, sample with --band {other[0]}"
                         if other[0] in self.bands else "")
                 raise UserError(f"{name}: no {band.upper()} spectra: missing column "
                                 f"{first(band)!r} (found {_preview(schema.colnames)}){hint}")

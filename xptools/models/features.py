@@ -211,7 +211,8 @@ class XPSource:
                             f"bp_coefficients/rp_coefficients, or bp_coeff_0.. columns)")
         self._sampler = None
         if self.kind in ("arrays", "columns"):
-            self.layout = ContinuousLayout(schema, name)
+            self.layout = ContinuousLayout(schema, name, why_both="models read both bands' "
+                                           "columns (a source without one has nulls there)")
             if spec.xp == "sampled":
                 from xptools.basis import load_basis
                 from xptools.sampling import Sampler
