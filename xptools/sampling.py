@@ -292,6 +292,34 @@ def read_grid_file(path: str) -> np.ndarray:
     return grid
 
 
+class InputChecks:
+    """What `sample` and `photometry` check of their input, chunk by chunk: NaN or infinite
+    values in a band are an error with --strict, else that band is treated as missing and
+    counted; `report` gives the end-of-run warnings about the input."""
+
+    def __init__(self, name: str, layout: ContinuousLayout, strict: bool):
+        self.name, self.layout, self.strict = name, layout, strict
+        self.corrupt, self.first = 0, None
+
+    def check(self, spectra: dict[str, Band | None], offset: int) -> None:
+        for b, spec in spectra.items():
+            if spec is not None and spec.corrupt.any():
+                row = offset + int(np.flatnonzero(spec.corrupt)[0])
+                if self.strict:
+                    raise UserError(f"{self.name}: row {row}: NaN or infinite values in the "
+                                    f"{b.upper()} coefficients or errors")
+                self.corrupt += int(spec.corrupt.sum())
+                self.first = row if self.first is None else self.first
+
+    def report(self, warn) -> None:
+        if not self.layout.has_correlations:
+            warn(f"{self.name} has no coefficient correlations: flux errors use the diagonal "
+                 f"covariance only (header XPERRCOR='diagonal')")
+        if self.corrupt:
+            warn(f"{self.name}: {self.corrupt} band spectra have NaN or infinite coefficients "
+                 f"or errors (first at row {self.first}); treated as missing")
+
+
 def run_sample(src: InputTable, out: TableWriter, *, grid: np.ndarray | None = None,
                internal: bool = False, truncate: bool = False, covariance: bool = False,
                bands: tuple[str, ...] = BANDS, dtype=np.float64, keep_coefficients: bool = False,
@@ -318,20 +346,12 @@ def run_sample(src: InputTable, out: TableWriter, *, grid: np.ndarray | None = N
                 "XPBANDS": ",".join(bands), "XPTRUNC": bool(truncate),
                 "XPERRCOR": "full" if layout.has_correlations else "diagonal"}
     unit = "electron s-1" if internal else "W m-2 nm-1"
-    flagged = corrupt = 0
-    first_corrupt = None
-    offset = 0
+    flagged = offset = 0
+    checks = InputChecks(src.name, layout, strict)
     with progress(src.nrows, "sample", quiet) as bar:
         for chunk in src.chunks(chunk_rows, read_ahead=True):
             spectra = {b: layout.band(chunk, b) for b in BANDS}
-            for b, spec in spectra.items():
-                if spec is not None and spec.corrupt.any():
-                    row = offset + int(np.flatnonzero(spec.corrupt)[0])
-                    if strict:
-                        raise UserError(f"{src.name}: row {row}: NaN or infinite values in the "
-                                        f"{b.upper()} coefficients or errors")
-                    corrupt += int(spec.corrupt.sum())
-                    first_corrupt = row if first_corrupt is None else first_corrupt
+            checks.check(spectra, offset)
             table = stamp(chunk.select(passthrough), keywords)  # writers keep the first's
             columns = sampler.sample(spectra, advance=bar.update)
             for name in new:
@@ -344,12 +364,7 @@ def run_sample(src: InputTable, out: TableWriter, *, grid: np.ndarray | None = N
             flagged += int(np.count_nonzero(columns["sample_flag"]))
             out.write(table)
             offset += len(chunk)
-    if not layout.has_correlations:
-        warn(f"{src.name} has no coefficient correlations: flux errors use the diagonal "
-             f"covariance only (header XPERRCOR='diagonal')")
-    if corrupt:
-        warn(f"{src.name}: {corrupt} band spectra have NaN or infinite coefficients or errors "
-             f"(first at row {first_corrupt}); treated as missing")
+    checks.report(warn)
     if flagged:
         warn(f"{flagged} of {offset} rows lack a usable BP or RP spectrum: NaN where that band "
              f"contributes, see sample_flag")

@@ -62,7 +62,7 @@ from xptools.errors import UserError
 from xptools.io import InputTable, TableWriter
 from xptools.progress import print_warning, progress
 from xptools.provenance import stamp
-from xptools.sampling import Sampler
+from xptools.sampling import InputChecks, Sampler
 from xptools.xp import BANDS, N_COEFFICIENTS, ContinuousLayout
 
 CACHE_FORMAT = 1
@@ -487,19 +487,12 @@ def run_photometry(src: InputTable, out: TableWriter, systems: list[System], *,
                 "XPERRINF": bool(error_correction), "XPTRUNC": bool(truncate),
                 "XPERRCOR": "full" if layout.has_correlations else "diagonal",
                 "GAIAXPY": version("GaiaXPy")}
-    flagged = no_magnitude = corrupt = offset = 0
-    first_corrupt = None
+    flagged = no_magnitude = offset = 0
+    checks = InputChecks(src.name, layout, strict)
     with progress(src.nrows, "photometry", quiet) as bar:
         for chunk in src.chunks(chunk_rows, read_ahead=True):
             spectra = {b: layout.band(chunk, b) for b in BANDS}
-            for b, spec in spectra.items():
-                if spec.corrupt.any():
-                    row = offset + int(np.flatnonzero(spec.corrupt)[0])
-                    if strict:
-                        raise UserError(f"{src.name}: row {row}: NaN or infinite values in the "
-                                        f"{b.upper()} coefficients or errors")
-                    corrupt += int(spec.corrupt.sum())
-                    first_corrupt = row if first_corrupt is None else first_corrupt
+            checks.check(spectra, offset)
             table = stamp(chunk.select(passthrough), keywords)
             columns = photometer.compute(spectra, advance=bar.update)
             if earlier_flag:
@@ -515,17 +508,12 @@ def run_photometry(src: InputTable, out: TableWriter, systems: list[System], *,
             no_magnitude += int(np.count_nonzero(flag & FLAG_NO_MAGNITUDE))
             out.write(table)
             offset += len(chunk)
-    if not layout.has_correlations:
-        warn(f"{src.name} has no coefficient correlations: flux errors use the diagonal "
-             f"covariance only (header XPERRCOR='diagonal')")
+    checks.report(warn)
     if error_correction:
         for s in systems:
             if s.correction is None:
                 warn(f"GaiaXPy has no error-correction table for {s.name}: its flux errors "
                      f"are not corrected (as GaiaXPy)")
-    if corrupt:
-        warn(f"{src.name}: {corrupt} band spectra have NaN or infinite coefficients or errors "
-             f"(first at row {first_corrupt}); treated as missing")
     if flagged:
         warn(f"{flagged} of {offset} rows lack a usable BP or RP spectrum: NaN photometry, "
              f"see photometry_flag")
