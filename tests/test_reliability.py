@@ -31,8 +31,8 @@ def test_read_ahead_stops_while_its_queue_is_full():
     next(items)
     time.sleep(0.2)  # the thread has filled the queue and waits to put the next item
     start = time.monotonic()
-    items.close()    # what an exception in the consumer does
-    assert time.monotonic() - start < 1.0
+    items.close()    # what an exception in the consumer does (it used to wait forever)
+    assert time.monotonic() - start < 2.0
 
 
 def test_read_ahead_hands_errors_to_the_consumer():
@@ -55,8 +55,8 @@ def test_behind_writer_cancel_drops_queued_writes():
     for i in range(2):
         writer.write(i)
     start = time.monotonic()
-    writer.cancel()
-    assert time.monotonic() - start < 0.6 and written == [0]
+    writer.cancel()  # waits for the write in flight (0.3 s), drops the queued one
+    assert time.monotonic() - start < 1.5 and written == [0]
 
 
 # -- signals: stop quickly, say so, exit 128 + N, leave nothing ---------------------------------
