@@ -460,7 +460,7 @@ def run_calibrate(src: InputTable, ref: InputTable | None, opts: Options,
         "reference": {"file": ref_file, "columns": {l: list(p) for l, p in ref_columns.items()},
                       "on": list(opts.on) if ref is not None else None, "best": opts.best},
         "rows": int(n),
-        "model": {"path": model.path, "source": model.source,
+        "model": {"path": _shown_path(model.path), "source": model.source,
                   "checksum": model.checksum[:16] if model.checksum else None},
         "labels": labels,
         "skipped": {l: int((~d.ok).sum()) for l, d in data.items()},
@@ -518,6 +518,16 @@ def _diagnose(data: dict[str, LabelData], subsets: dict[str, np.ndarray]) -> dic
 
     return {name: {label: label_diagnostics(*d.rows(mask)) for label, d in data.items()}
             for name, mask in subsets.items()}
+
+
+def _shown_path(path: str | None) -> str | None:
+    """A model directory as reports record it: a shipped one by its name (its place is this
+    installation's), any other as given."""
+    from xptools import models
+
+    if path and os.path.dirname(os.path.abspath(path)) == os.path.abspath(models.DATA):
+        return os.path.basename(os.path.normpath(path))
+    return path
 
 
 def _round(value: float, digits: int) -> float:
