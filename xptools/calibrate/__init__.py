@@ -684,7 +684,7 @@ def card_section(result: Result, plots: list[str]) -> str:
     ref = c.reference
     lines = [
         "## Calibration", "",
-        f"Made by `xptools calibrate --fit {c.fit}` (xptools {c.made_by.get('xptools')}, "
+        f"Made by `xptools calibrate --fit {c.fit} --scale-target {c.scale_target}` (xptools {c.made_by.get('xptools')}, "
         f"{c.made_by.get('date')}): the model's labels of {c.labeled.get('file')} against the "
         f"reference labels of {ref.get('file')} (sha256 {str(ref.get('sha256'))[:16]}...)"
         f"{where}; `{c.made_by.get('command')}`.", "",
