@@ -25,13 +25,12 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from inputs import write_archive_fits  # noqa: E402
+from inputs import archive_input  # noqa: E402
 
 SYSTEMS = {1: ["JKC_Std"], 5: ["JKC_Std", "SDSS_Std", "PanSTARRS1_Std", "Stromgren_Std", "LSST"]}
 GAIAXPY = """
@@ -92,18 +91,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-gaiaxpy", action="store_true")
     args = parser.parse_args()
-    work = args.workdir or tempfile.mkdtemp(prefix="xptools-bench-")
-    os.makedirs(work, exist_ok=True)
-    src = os.path.join(work, f"xp_continuous_{args.rows}.fits")
-    if not os.path.exists(src):
-        print(f"building {src} ...", file=sys.stderr)
-        write_archive_fits(src, args.rows)
+    work, src = archive_input(args.workdir, args.rows)
     gx_rows = min(args.gaiaxpy_rows or args.rows, args.rows)
-    gx_src = src
-    if gx_rows < args.rows:
-        gx_src = os.path.join(work, f"xp_continuous_{gx_rows}.fits")
-        if not os.path.exists(gx_src):
-            write_archive_fits(gx_src, gx_rows)
+    gx_src = archive_input(work, gx_rows)[1] if gx_rows < args.rows else src
     ours = os.path.join(work, "xptools.fits")
     subprocess.run([sys.executable, "-m", "xptools", "photometry", src, "--system",
                     ",".join(SYSTEMS[5]), "-o", ours, "--overwrite", "--quiet"], check=True)

@@ -19,13 +19,12 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from inputs import write_archive_fits  # noqa: E402
+from inputs import archive_input  # noqa: E402
 
 GAIAXPY = """
 import sys, gaiaxpy
@@ -73,12 +72,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--skip-gaiaxpy", action="store_true")
     args = parser.parse_args()
-    work = args.workdir or tempfile.mkdtemp(prefix="xptools-bench-")
-    os.makedirs(work, exist_ok=True)
-    src = os.path.join(work, f"xp_continuous_{args.rows}.fits")
-    if not os.path.exists(src):
-        print(f"building {src} ...", file=sys.stderr)
-        write_archive_fits(src, args.rows)
+    work, src = archive_input(args.workdir, args.rows)
     ours = os.path.join(work, "xptools.fits")
     subprocess.run([sys.executable, "-m", "xptools", "sample", src, "-o", ours, "--overwrite",
                     "--quiet"], check=True)  # warm-up: page cache and the design-matrix cache

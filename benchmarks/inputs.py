@@ -66,3 +66,18 @@ def write_fixed(path: str, rows: int, chunk: int = 50_000) -> None:
     with TableWriter(path, overwrite=True) as out:
         for start in range(0, rows, chunk):
             out.write(repeated(min(chunk, rows - start), start))
+
+
+def archive_input(workdir: str | None, rows: int) -> tuple[str, str]:
+    """(work folder, path) of ``rows`` rows in the archive FITS layout, in ``workdir`` (a new
+    temporary folder when None), made once and reused by later runs with the same folder."""
+    import sys
+    import tempfile
+
+    work = workdir or tempfile.mkdtemp(prefix="xptools-bench-")
+    os.makedirs(work, exist_ok=True)
+    path = os.path.join(work, f"xp_continuous_{rows}.fits")
+    if not os.path.exists(path):
+        print(f"building {path} ...", file=sys.stderr)
+        write_archive_fits(path, rows)
+    return work, path

@@ -40,6 +40,13 @@ QUIET = typer.Option(False, "-q", "--quiet", help="No progress bar or warnings."
 VERBOSE = typer.Option(False, "-v", "--verbose", help="Show the traceback of an error.")
 # ... and by the commands that run a model over a table
 CHUNK_ROWS = typer.Option(20_000, "--chunk-rows", min=1, help="Rows per chunk.")
+# ... and by the commands that read XP coefficients (sample, photometry)
+TRUNCATE = typer.Option(False, "--truncate", help="Use only the first bp/rp_n_relevant_bases "
+                        "coefficients (GaiaXPy truncation).")
+STRICT = typer.Option(False, "--strict", help="Fail on NaN or infinite coefficients instead "
+                      "of flagging the row.")
+COEFFICIENT_CHUNK_ROWS = typer.Option(None, "--chunk-rows", min=1,
+                                      help="Rows per chunk (memory vs speed).")
 
 
 def model_option(shipped: str) -> typer.models.OptionInfo:
@@ -157,8 +164,7 @@ def sample(
                                             help="Sampling grid from a text file of numbers."),
     internal: bool = typer.Option(False, "--internal", help="Internally calibrated BP and RP "
                                   "spectra on pseudo-wavelengths (GaiaXPy convert)."),
-    truncate: bool = typer.Option(False, "--truncate", help="Use only the first "
-                                  "bp/rp_n_relevant_bases coefficients (GaiaXPy truncation)."),
+    truncate: bool = TRUNCATE,
     covariance: bool = typer.Option(
         False, "--covariance", help="Add the full flux covariance per source (N x N per row: "
         "about 0.9 MB per source on the default grid, slow; FITS or HDF5 output only)."),
@@ -167,10 +173,8 @@ def sample(
                               "default) or float32 (half the size)."),
     keep_coefficients: bool = typer.Option(False, "--keep-coefficients",
                                            help="Keep the input coefficient columns."),
-    strict: bool = typer.Option(False, "--strict", help="Fail on NaN or infinite coefficients "
-                                "instead of flagging the row."),
-    chunk_rows: Optional[int] = typer.Option(None, "--chunk-rows", min=1,
-                                             help="Rows per chunk (memory vs speed)."),
+    strict: bool = STRICT,
+    chunk_rows: Optional[int] = COEFFICIENT_CHUNK_ROWS,
     format: Optional[str] = FORMAT,
     input_format: Optional[str] = INPUT_FORMAT,
     overwrite: bool = OVERWRITE,
@@ -672,14 +676,11 @@ def photometry(
     error_correction: bool = typer.Option(
         False, "--error-correction", help="Inflate the flux errors by the Montegriffo et al. "
         "(2022) tables (GaiaXPy error_correction=True)."),
-    truncate: bool = typer.Option(False, "--truncate", help="Use only the first "
-                                  "bp/rp_n_relevant_bases coefficients (GaiaXPy truncation)."),
+    truncate: bool = TRUNCATE,
     drop_coefficients: bool = typer.Option(False, "--drop-coefficients", help="Leave the "
                                            "coefficient, error and correlation columns out."),
-    strict: bool = typer.Option(False, "--strict", help="Fail on NaN or infinite coefficients "
-                                "instead of flagging the row."),
-    chunk_rows: Optional[int] = typer.Option(None, "--chunk-rows", min=1,
-                                             help="Rows per chunk (memory vs speed)."),
+    strict: bool = STRICT,
+    chunk_rows: Optional[int] = COEFFICIENT_CHUNK_ROWS,
     output: str = OUTPUT,
     format: Optional[str] = FORMAT,
     input_format: Optional[str] = INPUT_FORMAT,
