@@ -34,7 +34,8 @@ import numpy as np
 
 from xptools.errors import UserError
 from xptools.io import STDIO, InputTable, Table, concat
-from xptools.xp import BANDS, ContinuousLayout, detect_layout, sampled_grid
+from xptools.models.features import float_column
+from xptools.xp import BANDS, ContinuousLayout, detect_layout, preview_columns, sampled_grid
 
 DEFAULT_SPECTRA = 5      # rows drawn when none are chosen
 MAX_SPECTRA = 20         # at most this many spectra in one image
@@ -196,7 +197,7 @@ class RowFilter:
                     [c for c in schema.colnames if c.lower().endswith("_" + column.lower())] or \
                     difflib.get_close_matches(column, schema.colnames, 1)
                 hint = f" (did you mean {near[0]!r}?)" if near else \
-                    f" (columns: {_preview(schema.colnames)})"
+                    f" (columns: {preview_columns(schema.colnames)})"
                 raise UserError(f"{self.option} {self.text!r}: {name} has no column "
                                 f"{column!r}{hint}")
             data = schema[column]
@@ -397,7 +398,7 @@ def label_columns(schema: Table, prefix: str | None, name: str) -> dict[str, str
         if not prefixes:
             raise UserError(f"{name}: no teff and logg columns for the Kiel diagram (looked for "
                             f"teff, logg, fe_h, or P_teff, P_logg, P_fe_h; found "
-                            f"{_preview(schema.colnames)})")
+                            f"{preview_columns(schema.colnames)})")
         if len(prefixes) > 1:
             found = ", ".join(p + "teff" for p in prefixes)
             raise UserError(f"{name}: several sets of labels ({found}); choose one with "
@@ -410,14 +411,6 @@ def label_columns(schema: Table, prefix: str | None, name: str) -> dict[str, str
     if names["fe_h"] not in schema:
         names["fe_h"] = None
     return names
-
-
-def _float(chunk: Table, column: str) -> np.ndarray:
-    data = np.asarray(chunk[column], dtype=np.float64)
-    null = chunk.info[column].null if column in chunk.info else None
-    if null is not None:
-        data = np.where(np.asarray(chunk[column]) == null, np.nan, data)
-    return data
 
 
 def spectrum_columns(schema: Table, name: str, extra: tuple[str, ...] = ()) -> list[str]:
@@ -487,7 +480,7 @@ def read_rows(src: InputTable, *, rows: list[int] | None = None, where: RowFilte
                     found[offset] = chunk.rows(take)
         if kiel is not None:
             for label, column in labels.items():
-                kiel.values[label].append(_float(chunk, column).astype(np.float32)
+                kiel.values[label].append(float_column(chunk, column, len(chunk)).astype(np.float32)
                                           if column else np.full(n, np.nan, np.float32))
             kiel.chosen.append(chosen)
         offset += n
@@ -628,10 +621,6 @@ def reconstruct(model, sampled: Table, spectra: Spectra, name: str) -> Reconstru
 def _text(text: str) -> str:
     """Text from the user (file and column names, filters) shown as it is, never as math."""
     return text.replace("$", r"\$")
-
-
-def _preview(names: list[str], n: int = 8) -> str:
-    return ", ".join(names[:n]) + (", ..." if len(names) > n else "") if names else "no columns"
 
 
 def _unit_label(unit: str) -> str:

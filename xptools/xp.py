@@ -95,7 +95,7 @@ class ContinuousLayout:
         if self.kind not in ("arrays", "columns"):
             raise UserError(f"{name}: no XP continuous spectra (expected bp_coefficients/"
                             f"rp_coefficients arrays or bp_coeff_0.. columns; found "
-                            f"{_preview(schema.colnames)})")
+                            f"{preview_columns(schema.colnames)})")
         first = lambda b: f"{b}_coefficients" if self.kind == "arrays" else f"{b}_coeff_0"
         self.bands = [b for b in BANDS if first(b) in schema]
         for band in bands or ():
@@ -105,7 +105,7 @@ class ContinuousLayout:
                         f"; to use {other[0].upper()} alone, sample with --band {other[0]}"
                         if other[0] in self.bands else "")
                 raise UserError(f"{name}: no {band.upper()} spectra: missing column "
-                                f"{first(band)!r} (found {_preview(schema.colnames)}){hint}")
+                                f"{first(band)!r} (found {preview_columns(schema.colnames)}){hint}")
         self.consumed: list[str] = []
         self.has_correlations = True
         for band in self.bands:
@@ -195,7 +195,8 @@ def _cells(chunk: Table, column: str, width: int, name: str) -> np.ndarray:
     raise UserError(f"{name}: column {column!r} has a scalar per row, expected {width}")
 
 
-def _preview(names: list[str], n: int = 8) -> str:
+def preview_columns(names: list[str], n: int = 8) -> str:
+    """The first column names, for messages."""
     return ", ".join(names[:n]) + (", ..." if len(names) > n else "") if names else "no columns"
 
 

@@ -107,7 +107,8 @@ class FeatureSpec:
         flags |= np.where((xp_seen > 0) & (xp_seen < self.n_xp), FLAG_PARTIAL_XP, 0)
         flags |= np.where(np.abs(flux_excess_of(chunk)) > FLUX_EXCESS_LIMIT, FLAG_FLUX_EXCESS, 0)
         if self.photometry:
-            colours = np.stack([_column(chunk, p, n) for p in self.photometry], 1) - g[:, None]
+            colours = (np.stack([float_column(chunk, p, n) for p in self.photometry], 1)
+                       - g[:, None])
             seen = np.isfinite(colours)
             flags |= np.where(~seen.any(axis=1), FLAG_NO_PHOTOMETRY, 0)
             flags |= np.where(seen.any(axis=1) & ~seen.all(axis=1), FLAG_PARTIAL_PHOTOMETRY, 0)
@@ -121,7 +122,7 @@ class FeatureSpec:
     def g_magnitude(self, chunk: Table, xp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The G magnitude (n,) that normalises each row, from ``reference`` or else from the
         XP spectrum, and the flags (n,) saying which (FLAG_G_FROM_XP)."""
-        g = _column(chunk, self.reference, len(chunk))
+        g = float_column(chunk, self.reference, len(chunk))
         missing_g = ~np.isfinite(g)
         if missing_g.any():
             g = np.where(missing_g, self._g_from_xp(xp), g)
@@ -145,7 +146,7 @@ class FeatureSpec:
                      (np.asarray(self.wavelengths) <= G_WINDOW[1])
             with np.errstate(invalid="ignore", divide="ignore"):
                 synthetic = -2.5 * np.log10(np.mean(xp[:, window], axis=1))
-            g = _column(chunk, self.reference, len(chunk))
+            g = float_column(chunk, self.reference, len(chunk))
             ok = np.isfinite(g) & np.isfinite(synthetic)
             self.zero_point = float(np.median(g[ok] - synthetic[ok])) if ok.any() else None
         values, _, observed, _ = self.raw(chunk, xp, None)
@@ -182,10 +183,11 @@ GAIA_MAGNITUDES = ("phot_g_mean_mag", "phot_bp_mean_mag", "phot_rp_mean_mag")
 def flux_excess_of(chunk: Table) -> np.ndarray:
     """C* / sigma_C*(G) of each row (`xptools.photometry`) from its G, BP and RP magnitudes;
     NaN where one is missing."""
-    return flux_excess_significance(*(_column(chunk, c, len(chunk)) for c in GAIA_MAGNITUDES))
+    return flux_excess_significance(*(float_column(chunk, c, len(chunk)) for c in GAIA_MAGNITUDES))
 
 
-def _column(chunk: Table, name: str, n: int) -> np.ndarray:
+def float_column(chunk: Table, name: str, n: int) -> np.ndarray:
+    """A column as float64 with NaN for nulls (and all NaN when the chunk has none)."""
     if name not in chunk:
         return np.full(n, np.nan)
     data = np.asarray(chunk[name], dtype=np.float64)
@@ -273,7 +275,7 @@ def label_array(table: Table, labels: list[str], name: str) -> np.ndarray:
     if missing:
         raise UserError(f"{name}: no label column {missing[0]!r} (columns: "
                         f"{', '.join(table.colnames[:12])}{', ...' if len(table.colnames) > 12 else ''})")
-    return np.stack([_column(table, l, len(table)) for l in labels], axis=1)
+    return np.stack([float_column(table, l, len(table)) for l in labels], axis=1)
 
 
 def monitor_split(table: Table, fraction: float, seed: int) -> np.ndarray:
