@@ -641,7 +641,8 @@ def plot(
     """A quick look: spectra with their error bands, svae reconstructions (--reconstruct) or a
     Kiel diagram (--kiel), as PNG, PDF or SVG. See docs/plot.md."""
     from xptools.io import open_table
-    from xptools.plot import ImageTarget, RowFilter, parse_rows, run_plot
+    from xptools.plot import ImageTarget, parse_rows, run_plot
+    from xptools.where import RowFilter
     from xptools.progress import print_warning
 
     if rows is not None and where is not None:

@@ -374,7 +374,7 @@ def run_calibrate(src: InputTable, ref: InputTable | None, opts: Options,
                   warn: Callable[[str], None] = lambda m: None) -> Result:
     """Read, join, diagnose and (with --fit) fit; writes nothing."""
     from xptools.calibrate import diagnostics
-    from xptools.plot import RowFilter
+    from xptools.where import RowFilter
 
     opts.check()
     header = dict(src.schema.meta)
