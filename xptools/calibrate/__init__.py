@@ -32,6 +32,7 @@ import numpy as np
 from xptools.calibrate.calibration import RANGE_PERCENTILES, Calibration, LabelCalibration
 from xptools.errors import UserError
 from xptools.io import STDIO, InputTable, Table, concat
+from xptools.io.atomic import check_folder, write_file
 
 REF_SUFFIX = "_ref"        # a reference column whose name LABELED has gets this suffix
 FIT_CHOICES = ("none", "scale", "linear")
@@ -738,32 +739,6 @@ def report_json(result: Result) -> str:
     return json.dumps(clean(report), indent=1) + "\n"
 
 
-def write_file(path: str, data: str | bytes, overwrite: bool) -> None:
-    """A file written atomically ('-': stdout)."""
-    from xptools.io import atomic
-
-    if path == STDIO:
-        if isinstance(data, bytes):
-            sys.stdout.buffer.write(data)
-        else:
-            sys.stdout.write(data)
-        return
-    if os.path.exists(path) and not overwrite:
-        raise UserError(f"{path} exists; use --overwrite to replace it")
-    tmp = atomic.temporary_beside(path)
-    try:
-        with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-            f.write(data)
-        os.replace(tmp, path)
-        atomic.done_with(tmp)
-    except BaseException as e:
-        atomic.discard(tmp)
-        message = atomic.no_space(e, path) if isinstance(e, OSError) else None
-        if message:
-            raise UserError(f"{path}: {message}") from e
-        raise
-
-
 def check_outputs(outputs: dict[str, str | None], overwrite: bool) -> None:
     """Refuse, before any work, outputs that exist (without --overwrite) or cannot be made:
     ``outputs``: plots (folder), report (file or '-'), output (model folder)."""
@@ -783,16 +758,7 @@ def check_outputs(outputs: dict[str, str | None], overwrite: bool) -> None:
     if output == STDIO:
         raise UserError("-o writes a model folder, not stdout")
     if plots is not None:
-        if os.path.isfile(plots):
-            raise UserError(f"{plots}: is a file; --plots names a folder")
-        parent = os.path.dirname(os.path.abspath(plots))
-        if not os.path.isdir(plots) and not os.path.isdir(parent):
-            raise UserError(f"{plots}: folder {parent} does not exist (--plots)")
-        if not overwrite:
-            for name in PLOT_FILES:
-                if os.path.exists(os.path.join(plots, name)):
-                    raise UserError(f"{os.path.join(plots, name)} exists; use --overwrite to "
-                                    f"replace it")
+        check_folder(plots, PLOT_FILES, overwrite, "--plots")
 
 
 def write_outputs(result: Result, outputs: dict[str, str | None], overwrite: bool,
@@ -841,13 +807,8 @@ def write_model(result: Result, path: str, figures: dict[str, bytes], overwrite:
     card_file = os.path.join(source, models.CARD)
     card = open(card_file).read() if os.path.isfile(card_file) else f"# {model.kind} model\n"
     card = replace_section(card, card_section(result, sorted(figures)))
-    extra: dict[str, str | bytes] = {}
-    skip = {models.CONFIG, models.WEIGHTS, models.CARD, CALIBRATION_FILE, *PLOT_FILES}
-    for name in sorted(os.listdir(source)):
-        file = os.path.join(source, name)
-        if name not in skip and os.path.isfile(file) and not name.startswith("."):
-            with open(file, "rb") as f:
-                extra[name] = f.read()
+    extra: dict[str, str | bytes] = dict(models.other_files(source,
+                                                             {CALIBRATION_FILE, *PLOT_FILES}))
     extra[CALIBRATION_FILE] = report_json(result)
     extra.update(figures)
     models.save(model, path, card, overwrite=overwrite, extra_files=extra,

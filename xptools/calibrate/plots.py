@@ -31,13 +31,13 @@ def _name(label: str) -> str:
     return NAMES.get(label, label)
 
 
-def _style(ax) -> None:
+def style(ax) -> None:
     ax.tick_params(labelsize=7, direction="in", top=True, right=True)
     for side in ("top", "right"):
         ax.spines[side].set_alpha(0.5)
 
 
-def _png(figure) -> bytes:
+def png(figure) -> bytes:
     from xptools import __version__
 
     from PIL import Image, PngImagePlugin
@@ -60,15 +60,15 @@ def figures(result, title: str) -> dict[str, bytes]:
 
     out = {}
     with matplotlib.rc_context({"text.usetex": False, "svg.hashsalt": "xptools"}):
-        out["calibrate_pit.png"] = _png(pit_figure(result, title))
-        out["calibrate_reliability.png"] = _png(reliability_figure(result, title))
+        out["calibrate_pit.png"] = png(pit_figure(result, title))
+        out["calibrate_reliability.png"] = png(reliability_figure(result, title))
         if result.report.get("kiel") and result.report["kiel"]["before"].get("extent"):
-            out["calibrate_kiel.png"] = _png(kiel_figure(result, title))
-        out["calibrate_residuals.png"] = _png(residual_figure(result, title))
+            out["calibrate_kiel.png"] = png(kiel_figure(result, title))
+        out["calibrate_residuals.png"] = png(residual_figure(result, title))
     return out
 
 
-def _figure(width: float, height: float, title: str):
+def titled_figure(width: float, height: float, title: str):
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(width, height), layout="constrained")
@@ -91,7 +91,7 @@ def pit_figure(result, title: str):
     labels = r["labels"]
     name, section = baseline(r)
     before, after = section["all"], (r["after"] or {}).get("all")
-    figure = _figure(2.5 * len(labels) + 0.4, 4.6, title)
+    figure = titled_figure(2.5 * len(labels) + 0.4, 4.6, title)
     axes = figure.subplots(2, len(labels), squeeze=False, sharex=True)
     for j, label in enumerate(labels):
         top, bottom = axes[0, j], axes[1, j]
@@ -102,7 +102,7 @@ def pit_figure(result, title: str):
             if n:  # +-2 sigma of a bin's density for uniform PIT values
                 band = 2 * math.sqrt(PIT_BINS / n * (1 - 1 / PIT_BINS))
                 ax.axhspan(1 - band, 1 + band, color="0.85", lw=0)
-            _style(ax)
+            style(ax)
         _step(top, m["pit_histogram"], BEFORE, f"{name}: D_KS {m['ks']:.3f}")
         if after is not None:
             a = after[label]
@@ -123,7 +123,7 @@ def pit_figure(result, title: str):
 
 def reliability_figure(result, title: str):
     r = result.report
-    figure = _figure(4.4, 4.0, title)
+    figure = titled_figure(4.4, 4.0, title)
     ax = figure.add_subplot()
     ax.plot([0, 1], [0, 1], color="k", lw=0.8)
     colours = ["#3b6fb6", "#e07a1f", "#3a9a5b", "#8e5ea2", "#b0413e", "#5b8e9a"]
@@ -143,11 +143,11 @@ def reliability_figure(result, title: str):
     ax.text(0.97, 0.05, "below the line: over-confident\nabove: conservative", fontsize=6,
             ha="right", va="bottom", transform=ax.transAxes, color="0.3")
     ax.legend(fontsize=6, frameon=False, loc="upper left", ncol=1 if not r["after"] else 2)
-    _style(ax)
+    style(ax)
     return figure
 
 
-def _kiel_ticks(ax) -> None:
+def kiel_ticks(ax) -> None:
     from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
 
     ax.xaxis.set_major_locator(FixedLocator([3000, 4000, 5000, 7000, 10000, 15000, 20000,
@@ -181,7 +181,7 @@ def kiel_figure(result, title: str):
     maps = r["kiel"]
     rows = ["before"] + (["after"] if "after" in maps else [])
     labels = r["labels"]
-    figure = _figure(2.6 * len(labels) + 0.8, 2.7 * len(rows) + 0.4, title)
+    figure = titled_figure(2.6 * len(labels) + 0.8, 2.7 * len(rows) + 0.4, title)
     axes = figure.subplots(len(rows), len(labels), squeeze=False, sharex=True, sharey=True)
     all_values = [v for row in rows for lab in labels
                   for v in maps[row]["labels"][lab]["ks"] if v is not None]
@@ -208,13 +208,13 @@ def kiel_figure(result, title: str):
             shown = int(np.isfinite(values).sum())
             ax.set_title(f"{_name(label)} {baseline(r)[0] if row == 'before' else 'after fit'} "
                          f"({shown} cells)", fontsize=8)
-            _style(ax)
+            style(ax)
             if i == len(rows) - 1:
                 ax.set_xlabel("Teff (K), reference", fontsize=8)
             if j == 0:
                 ax.set_ylabel("log g, reference", fontsize=8)
     for ax in axes.ravel():
-        _kiel_ticks(ax)
+        kiel_ticks(ax)
     if collection is not None:
         bar = figure.colorbar(collection, ax=axes, shrink=0.8)
         bar.set_label("ln D_KS (cells of >= 5 stars)", fontsize=7)
@@ -228,7 +228,7 @@ def residual_figure(result, title: str):
     the 68% quantile of |d| in ten bins of sigma (all rows; at most `SCATTER_MAX` drawn)."""
     r = result.report
     labels = r["labels"]
-    figure = _figure(2.6 * len(labels) + 0.4, 2.9, title)
+    figure = titled_figure(2.6 * len(labels) + 0.4, 2.9, title)
     axes = figure.subplots(1, len(labels), squeeze=False)[0]
     everything = np.ones(len(next(iter(result.data.values())).ok), bool)
     rng = np.random.default_rng(0)
@@ -267,7 +267,7 @@ def residual_figure(result, title: str):
         ax.set_title(f"{_name(label)} ({baseline(r)[0]})", fontsize=8)
         ax.set_xlabel(f"sigma = sqrt(sigma_pred^2 + sigma_ref^2){unit}", fontsize=7)
         ax.legend(fontsize=6, frameon=False, loc="upper left")
-        _style(ax)
+        style(ax)
         _plain_log_ticks(ax)
     axes[0].set_ylabel("|prediction - reference|", fontsize=8)
     return figure

@@ -19,6 +19,7 @@ import errno
 import os
 import shutil
 import socket
+import sys
 import tempfile
 
 HOST = socket.gethostname().split(".")[0].replace("-", "_") or "host"
@@ -142,3 +143,46 @@ def no_space(error: BaseException, path: str) -> str | None:
     what = "quota exceeded" if error.errno == errno.EDQUOT else "no space left"
     left = f", {free / 1e6:.1f} MB free" if free is not None else ""
     return f"{what} on the disk holding {folder}{left}; nothing was written"
+
+
+def write_file(path: str, data: str | bytes, overwrite: bool) -> None:
+    """A file written atomically ('-': stdout)."""
+    from xptools.errors import UserError
+
+    if path == "-":
+        if isinstance(data, bytes):
+            sys.stdout.buffer.write(data)
+        else:
+            sys.stdout.write(data)
+        return
+    if os.path.exists(path) and not overwrite:
+        raise UserError(f"{path} exists; use --overwrite to replace it")
+    tmp = temporary_beside(path)
+    try:
+        with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        done_with(tmp)
+    except BaseException as e:
+        discard(tmp)
+        message = no_space(e, path) if isinstance(e, OSError) else None
+        if message:
+            raise UserError(f"{path}: {message}") from e
+        raise
+
+
+def check_folder(folder: str, names, overwrite: bool, option: str) -> None:
+    """Refuse, before any work, a folder of outputs (``option``, e.g. --plots) that cannot be
+    made, or whose files ``names`` exist without --overwrite."""
+    from xptools.errors import UserError
+
+    if os.path.isfile(folder):
+        raise UserError(f"{folder}: is a file; {option} names a folder")
+    parent = os.path.dirname(os.path.abspath(folder))
+    if not os.path.isdir(folder) and not os.path.isdir(parent):
+        raise UserError(f"{folder}: folder {parent} does not exist ({option})")
+    if not overwrite:
+        for name in names:
+            if os.path.exists(os.path.join(folder, name)):
+                raise UserError(f"{os.path.join(folder, name)} exists; use --overwrite to "
+                                f"replace it")
