@@ -17,7 +17,7 @@ from xptools.io import read_table, write_table
 TINY = {"labels": ["teff", "logg"],
         "hyperparameters": {"members": 2, "pretrain_epochs": 2, "finetune_epochs": 3,
                             "widths": [48], "latent": 12, "head_width": 24, "frequencies": 3,
-                            "batch_size": 64, "patience": 50}}
+                            "batch_size": 64, "patience": 50, "monitor_fraction": 0.1}}
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +40,10 @@ def model(data):
 
 
 def test_model_directory(model):
-    assert sorted(os.listdir(model)) == ["card.md", "config.json", "validation.json",
-                                         "weights.safetensors"]
+    assert sorted(os.listdir(model)) == ["card.md", "config.json", "detectors.safetensors",
+                                         "validation.json", "weights.safetensors"]
     config = json.loads((model / "config.json").read_text())
+    assert config["detectors"]["embedding"] == "head"    # xptools flag's (tests/test_flag.py)
     assert config["kind"] == "msa" and config["labels"] == ["teff", "logg"]
     assert len(config["features"]["median"]) == len(config["features"]["wavelengths"]) + 5
     assert config["provenance"]["seed"] == 0 and config["provenance"]["train_rows"] > 300

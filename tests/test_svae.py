@@ -17,7 +17,7 @@ from xptools.models.svae import (ScatterVAE, kl_divergence, knn_labels, outlier_
 
 TINY = {"model": "svae",
         "hyperparameters": {"widths": [24, 12], "epochs": 4, "batch_size": 64,
-                            "lr": 3e-3, "restart_epochs": 2}}
+                            "lr": 3e-3, "restart_epochs": 2, "monitor_fraction": 0.1}}
 LABELS = ["teff", "teff_err", "logg", "logg_err"]
 
 
@@ -103,9 +103,10 @@ def test_knn_leaves_each_star_out():
 
 
 def test_model_directory(model):
-    assert sorted(os.listdir(model)) == ["card.md", "config.json", "validation.json",
-                                         "weights.safetensors"]
+    assert sorted(os.listdir(model)) == ["card.md", "config.json", "detectors.safetensors",
+                                         "validation.json", "weights.safetensors"]
     config = json.loads((model / "config.json").read_text())
+    assert config["detectors"]["embedding"] == "z"      # xptools flag's (tests/test_flag.py)
     assert config["kind"] == "svae" and config["labels"] == []
     assert config["features"]["transform"] == "linear" and config["features"]["photometry"] == []
     for score in ("excess", "worst", "combined"):

@@ -251,6 +251,21 @@ def stderr_log(quiet: bool):
     return lambda message: print(f"xptools train: {message}", file=sys.stderr, flush=True)
 
 
+def _detectors(model, table, name: str, seed: int, quiet: bool):
+    """The out-of-distribution detectors `xptools flag` reads (`xptools.ood`), fitted on the
+    trained model's embedding of the training rows, referenced on the held-out ones; None
+    (with a warning) when there are too few rows."""
+    from xptools.ood import fit_detectors
+
+    try:
+        return fit_detectors(model, table, os.path.basename(name), seed)
+    except UserError as e:
+        if not quiet:
+            print(f"xptools train: warning: no out-of-distribution detectors: {e}",
+                  file=sys.stderr)
+        return None
+
+
 def run_train(kind: str, train_path: str, output: str, *, labels: list[str] | None,
               recipe_path: str | None, valid_path: str | None, seed: int | None, resume: bool,
               overwrite: bool, checkpoint_every: int, input_format: str | None,
@@ -292,6 +307,7 @@ def run_train(kind: str, train_path: str, output: str, *, labels: list[str] | No
         print(f"xptools train: checkpoints kept in {workdir}: continue with --resume",
               file=sys.stderr)
         raise
+    model.detectors = _detectors(model, table, train_path, seed, quiet)
     with open(train_path, "rb") if os.path.isfile(train_path) else open(os.devnull, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     model.provenance = {"xptools": __version__, "command": command_line(),

@@ -36,7 +36,8 @@ WEIGHTS = "weights.safetensors"
 CARD = "card.md"
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
 # command -> shipped model directory name
-DEFAULTS = {"infer": "msa-apogee", "embed": "svae-apogee", "generate": "svae-apogee"}
+DEFAULTS = {"infer": "msa-apogee", "embed": "svae-apogee", "generate": "svae-apogee",
+            "flag": "msa-apogee"}
 # the card's section for a model trained without --valid
 NO_VALIDATION = ["## Validation", "", "None: trained without `--valid`. Measure the model on "
                  "stars it has not seen with `xptools train ... --valid FILE`, or label such "
@@ -106,6 +107,7 @@ def load(path: str):
     model.load_tensors(tensors, file)
     model.path = path
     model.checksum = weights_checksum(path)
+    model.detectors = load_detectors(path, config)
     model.calibration = None
     if config.get("calibration") is not None:
         from xptools.calibrate.calibration import Calibration
@@ -116,6 +118,24 @@ def load(path: str):
             raise UserError(f"{path}: bad calibration in {CONFIG} ({type(e).__name__}: {e})") \
                 from e
     return model
+
+
+def load_detectors(path: str, config: dict):
+    """The out-of-distribution detectors of a model directory (`xptools.ood`: config.json's
+    ``detectors`` section and the arrays of detectors.safetensors), or None."""
+    if config.get("detectors") is None:
+        return None
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    from xptools import ood
+
+    file = os.path.join(path, ood.FILE)
+    try:
+        arrays = load_file(file)
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{file}: unreadable detectors ({e})") from e
+    return ood.Detectors.from_arrays(config["detectors"], arrays, file)
 
 
 def keywords(model) -> dict[str, str]:
@@ -160,6 +180,21 @@ def check_tensors(module, tensors: dict, file: str) -> None:
     module.load_state_dict(tensors)
 
 
+def other_files(path: str, skip=()) -> dict[str, bytes]:
+    """The files of model directory ``path`` besides what `save` writes (config, weights,
+    card, detectors) and ``skip``: what a model saved again from it keeps (figures, reports)."""
+    from xptools import ood
+
+    skip = {CONFIG, WEIGHTS, CARD, ood.FILE, *skip}
+    out = {}
+    for name in sorted(os.listdir(path)):
+        file = os.path.join(path, name)
+        if name not in skip and os.path.isfile(file) and not name.startswith("."):
+            with open(file, "rb") as f:
+                out[name] = f.read()
+    return out
+
+
 def save(model, path: str, card: str, overwrite: bool = False,
          extra_files: dict[str, str | bytes] | None = None,
          checksum: str | None = None) -> None:
@@ -167,8 +202,12 @@ def save(model, path: str, card: str, overwrite: bool = False,
 
     ``extra_files``: name -> text (or bytes). ``checksum``: the SHA-256 the weights must have
     (a model written again with the same weights); checked before the directory appears. A
-    model with a ``calibration`` (`xptools calibrate`) keeps it in config.json."""
+    model with a ``calibration`` (`xptools calibrate`) keeps it in config.json, one with
+    out-of-distribution ``detectors`` (`xptools.ood`) their arrays in detectors.safetensors."""
+    from safetensors.numpy import save as save_arrays
     from safetensors.torch import save
+
+    from xptools import ood
 
     if os.path.exists(path) and not overwrite:
         raise UserError(f"{path} exists; use --overwrite to replace it")
@@ -179,6 +218,11 @@ def save(model, path: str, card: str, overwrite: bool = False,
         config = model.to_config()
         if getattr(model, "calibration", None) is not None:
             config["calibration"] = model.calibration.to_dict()
+        detectors = getattr(model, "detectors", None)
+        if detectors is not None:
+            config["detectors"] = detectors.to_config()
+            with open(os.path.join(tmp, ood.FILE), "wb") as f:
+                f.write(save_arrays(detectors.arrays()))
         with open(os.path.join(tmp, CONFIG), "w") as f:
             json.dump(config, f, indent=1)
         with open(os.path.join(tmp, WEIGHTS), "wb") as f:  # save_file makes it private

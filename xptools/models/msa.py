@@ -156,6 +156,9 @@ class MaskedStellarAutoencoder:
 
     kind = "msa"
     format_version = 1
+    # what `xptools flag` can read the out-of-distribution detectors off (`embedding`): the
+    # first member's head, last hidden layer (the default), or its latent vector
+    EMBEDDINGS = ("head", "latent")
 
     def __init__(self, labels: list[str], features: FeatureSpec | None = None,
                  hyper: Hyperparameters | None = None):
@@ -481,3 +484,24 @@ class MaskedStellarAutoencoder:
             out[label] = [np.where(usable, v, np.nan) for v in (m, (h - l) / 2, l, h)]
         out["flag"] = flags
         return out
+
+    def embedding(self, chunk: Table, xp: np.ndarray, layer: str = "head",
+                  batch: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's embedding by the first ensemble member (eval mode, so no dropout): its
+        ``latent`` vector, or the ``head``'s last hidden layer (the activations the quantiles
+        are read off); NaN for rows with nothing observed. Also the input flags."""
+        if layer not in self.EMBEDDINGS:
+            raise UserError(f"msa has no embedding {layer!r} ({', '.join(self.EMBEDDINGS)})")
+        values, _, observed, flags = self.features.raw(chunk, xp, None)
+        x = self.features.scale(values)
+        net = self.networks[0]
+        width = self.hyper.latent if layer == "latent" else self.hyper.head_width
+        out = np.full((len(x), width), np.nan, np.float32)
+        usable = np.flatnonzero(observed.any(axis=1))
+        with torch.no_grad():
+            for s in range(0, len(usable), batch):
+                rows = usable[s:s + batch]
+                z = net.encoder(net.embed(torch.from_numpy(np.asarray(x[rows], np.float32)),
+                                          torch.from_numpy(observed[rows])))
+                out[rows] = (z if layer == "latent" else net.head.mlp[:-1](z)).numpy()
+        return out, flags

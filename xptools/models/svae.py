@@ -187,6 +187,7 @@ class ScatterVAE:
 
     kind = "svae"
     format_version = 2   # 2: outlier_quantiles (excess, worst, combined) replace chi2_quantiles
+    EMBEDDINGS = ("z",)  # what `xptools flag` can read the out-of-distribution detectors off
 
     def __init__(self, features: FeatureSpec | None = None, hyper: Hyperparameters | None = None,
                  labels: list[str] | None = None):
@@ -375,6 +376,17 @@ class ScatterVAE:
         x_hat, s_hat = self._batched(self.network.decode, z)
         return (x_hat.reshape(len(z), self.features.n_xp),
                 s_hat.reshape(len(z), self.features.n_xp))
+
+    def embedding(self, chunk: Table, xp: np.ndarray, layer: str = "z"):
+        """Each row's z = mu, NaN where the spectrum is incomplete, and the input flags (what
+        `xptools flag` reads its out-of-distribution detectors off)."""
+        if layer not in self.EMBEDDINGS:
+            raise UserError(f"svae has no embedding {layer!r} ({', '.join(self.EMBEDDINGS)})")
+        x, _, usable, flags = self.prepare(chunk, xp, None)
+        z = np.full((len(x), self.latent), np.nan, np.float32)
+        if usable.any():
+            z[usable] = self.embed(x[usable])[0]
+        return z, flags
 
     def reconstruct(self, x: np.ndarray, sigma: np.ndarray | None) -> dict[str, np.ndarray]:
         """z, z_error, x_hat, s_hat of each row (x_hat and s_hat decoded from z = mu), and with
