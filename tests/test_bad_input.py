@@ -174,14 +174,6 @@ def test_verbose_adds_the_traceback(tmp_path):
     assert r.returncode == 1 and b"Traceback" in r.stderr
 
 
-def test_not_implemented_commands_exit_2_and_write_nothing(tmp_path):
-    for command in ("flag",):
-        r = run(command, "x", "-o", tmp_path / "out.fits", cwd=tmp_path)
-        assert r.returncode == 2, command
-        assert b"not implemented yet" in r.stderr
-    assert os.listdir(tmp_path) == []
-
-
 def test_help_imports_no_heavy_package():
     """`xptools --help` stays instant: torch, astropy, gaiaxpy, h5py and fitsio are imported
     inside the commands that need them, never by the CLI module itself."""

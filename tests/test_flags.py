@@ -34,6 +34,7 @@ def _doc_bits(page: str, heading: str) -> set[int]:
 def test_docs_list_the_same_bits():
     assert _doc_bits("infer.md", "infer_flag") == set(flags.BITS["infer"])
     assert _doc_bits("embed.md", "embed_flag") == set(flags.BITS["embed"])
+    assert _doc_bits("flag.md", "xp_flag") == set(flags.BITS["flag"])
     # generate.md lists what it adds to embed's bits
     assert _doc_bits("generate.md", "generate_flag") | set(flags.BITS["embed"]) == \
         set(flags.BITS["generate"])
@@ -65,3 +66,21 @@ def test_infer_output_reads_silently_in_astropy(labelled, ext):
     assert "in dex" in ours.info["fe_h"].description
     assert ours.info["infer_flag"].description == "bitmask; the bits: xptools infer --help"
     assert np.isfinite(ours["teff"]).all()
+
+
+@pytest.mark.parametrize("ext", ["fits", "vot", "ecsv", "h5"])
+def test_flag_output_reads_silently_in_astropy(labelled, ext):
+    """xptools flag with the shipped models: its columns read without warnings, xp_flag as
+    int32 pointing to --help."""
+    from astropy.table import Table
+
+    out = labelled / f"flags.{ext}"
+    r = run("flag", labelled / "in.fits", "-o", out)
+    assert r.returncode == 0, r.stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = Table.read(str(out))
+    assert t["xp_flag"].dtype.kind == "i" and t["xp_flag"].dtype.itemsize == 4
+    ours = read_table(str(out))
+    assert ours.info["xp_flag"].description == "bitmask; the bits: xptools flag --help"
+    assert np.isfinite(ours["ood_mahalanobis_pct"]).all()

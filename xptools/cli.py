@@ -716,14 +716,68 @@ def photometry(
                        warn=(lambda m: None) if quiet else print_warning)
 
 
-def _not_yet(name: str, summary: str, issue: str):
-    @handles_errors(name)
-    def command(ctx: typer.Context) -> None:
-        raise NotImplementedYet(f"not implemented yet ({issue})")
+@app.command(epilog=flags.help_text("flag"))
+@handles_errors("flag")
+def flag(
+    input: str = typer.Argument(..., metavar="IN", help="Table of XP spectra, sampled or "
+                                "coefficients, with or without infer's labels ('-' for stdin)."),
+    output: str = OUTPUT,
+    model: Optional[str] = typer.Option(None, "--model", help="Model directory whose "
+                                        "out-of-distribution detectors score the rows "
+                                        "(default: the shipped msa-apogee)."),
+    svae: Optional[str] = typer.Option(None, "--svae", help="svae model directory for the "
+                                       "reconstruction chi2 (default: the shipped svae-apogee)."),
+    cuts: Optional[str] = typer.Option(None, "--cuts", metavar="NAME=PCT,...", help="Percentile "
+                                       "cuts: mahalanobis=99.5 (above), iforest=2.5 (below), "
+                                       "gmm=0.5 (below), recon=99 (above), phot=99.5 (above)."),
+    sigma_max: Optional[str] = typer.Option(None, "--sigma-max", metavar="LABEL=ERR,...",
+                                            help="Largest acceptable label errors (default "
+                                            "teff=150,logg=0.2,fe_h=0.1, for the labels the "
+                                            "table has)."),
+    quality: Optional[str] = typer.Option(None, "--quality", metavar="EXPR", help="A condition "
+                                          "rows must meet, e.g. 'ruwe < 1.4' (comparisons "
+                                          "joined by and, or, not); a row that fails it gets "
+                                          "bit 2048."),
+    prefix: Optional[str] = prefix_option("e.g. msa gives msa_xp_flag, ..."),
+    infer_prefix: Optional[str] = typer.Option(None, "--infer-prefix", help="The prefix "
+                                               "infer's label columns have (infer --prefix)."),
+    plots: Optional[str] = typer.Option(None, "--plots", metavar="DIR", help="Write PNG "
+                                        "figures there: percentile distributions, and the "
+                                        "Kiel diagram when the table has infer's labels."),
+    chunk_rows: int = CHUNK_ROWS,
+    format: Optional[str] = FORMAT,
+    input_format: Optional[str] = INPUT_FORMAT,
+    overwrite: bool = OVERWRITE,
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Quality and out-of-distribution flags for every row: the ood_* and recon_chi2
+    scores with their percentiles, and one bitmask xp_flag. Keep xp_flag < 64 for basic
+    reliability, xp_flag == 0 for the strict sample. Columns pass through. See docs/flag.md."""
+    _torch(_threads())
+    from xptools.flag import FlagOptions, load_models, run_flag, write_plots
+    from xptools.flag.plots import FILES
+    from xptools.io import TableWriter, open_table
+    from xptools.io.atomic import check_folder
 
-    command.__doc__ = f"{summary} [not implemented yet]"
-    app.command(name, context_settings={"allow_extra_args": True,
-                                        "ignore_unknown_options": True})(command)
+    options = FlagOptions.parse(cuts, sigma_max, quality, prefix=prefix,
+                                infer_prefix=infer_prefix, plots=plots)
+    if plots is not None:
+        check_folder(plots, FILES, overwrite, "--plots")
+    with TableWriter(output, format, overwrite, write_behind=True) as out, \
+            open_table(input, input_format) as src:
+        loaded, recon = load_models(model, svae)
+        counts = run_flag(src, out, loaded, recon, options, chunk_rows=chunk_rows, quiet=quiet)
+    if plots is not None:
+        write_plots(plots, counts["summary"], os.path.basename(input), overwrite)
+    if not quiet:
+        rows = max(counts["rows"], 1)
+        labels = (f"; labels checked: {', '.join(counts['labels'])}" if counts["labels"]
+                  else "; no infer labels in the table")
+        print(f"xptools flag: {counts['rows']} rows: {counts['basic']} "
+              f"({100 * counts['basic'] / rows:.1f}%) pass xp_flag < 64, {counts['strict']} "
+              f"({100 * counts['strict'] / rows:.1f}%) have xp_flag == 0, "
+              f"{counts['unscored']} could not be scored{labels}", file=sys.stderr)
 
 
 @app.command(epilog="See docs/calibrate.md: what each diagnostic means, with pictures.")
@@ -807,7 +861,6 @@ def calibrate(
             with open_table(reference) as ref:
                 result = run_calibrate(src, ref, opts, warn)
     write_outputs(result, outputs, overwrite, quiet)
-_not_yet("flag", "Quality and out-of-distribution flags.", "a later issue")
 
 
 class Interrupted(KeyboardInterrupt):

@@ -63,7 +63,8 @@ BITS = {
 def help_text(command: str) -> str:
     """The bits of ``command``'s flag column, for its --help (one paragraph per bit)."""
     bits = sorted(BITS[command].items())
-    return "\n\n".join([f"{command}_flag, a sum of these bits:"]
+    column = COLUMNS.get(command, f"{command}_flag")
+    return "\n\n".join([f"{column}, a sum of these bits:"]
                        + [f"{value} = {meaning}" for value, meaning in bits])
 
 
@@ -84,4 +85,59 @@ BITS["photometry"] = {
     PHOTOMETRY_NO_MAGNITUDE: "a band's flux is zero or negative (its magnitude is NaN; the "
                              "flux and error are kept), or a colour-corrected band (JKC_Std "
                              "U, SDSS_Std u) lacks its colour (all three NaN)",
+}
+
+
+COLUMNS = {"flag": "xp_flag"}   # a flag column not named COMMAND_flag
+
+# xp_flag of `xptools flag` (xptools.flag): ordered by severity, so that the recommended cut
+# `xp_flag < XP_BASIC_CUT` keeps the stars of basic reliability (as ZGR23's quality_flags < 8)
+# and `xp_flag == 0` the strict sample
+XP_LABEL_ERROR = 1
+XP_LABEL_EDGE = 2
+XP_RUWE = 4
+XP_FEW_OBSERVATIONS = 8
+XP_FEW_BASES = 16
+XP_OOD_IFOREST = 32
+XP_BASIC_CUT = 64           # the bits below are the strict sample's; from here on, basic
+XP_OOD_MAHALANOBIS = 64
+XP_OOD_GMM = 128
+XP_RECONSTRUCTION = 256
+XP_PHOTOMETRY = 512
+XP_FLUX_EXCESS = 1024
+XP_QUALITY = 2048
+XP_PARTIAL = 4096
+XP_NO_XP = 8192
+XP_NOT_SCORED = 16384
+RUWE_LIMIT = 1.4            # Lindegren et al. 2018 (GAIA-C3-TN-LU-LL-124-01); DR3 docs
+TRANSITS_LIMIT = 15         # DR3 published XP for sources with more than 15 transits
+G_OBS_LIMIT = 135           # 15 transits x 9 astrometric-field CCDs, the same bar for G
+BASES_LIMIT = 10            # fewer relevant bases in BP or RP: a low-information spectrum
+BITS["flag"] = {
+    XP_LABEL_ERROR: "a label's error above --sigma-max (default teff 150 K, logg 0.2, "
+                    "fe_h 0.1 dex)",
+    XP_LABEL_EDGE: "a label outside the model's training labels' 1st..99th percentile",
+    XP_RUWE: f"ruwe > {RUWE_LIMIT:g}: a poor single-star astrometric fit, often an unresolved "
+             f"binary (Lindegren et al. 2018, 2021)",
+    XP_FEW_OBSERVATIONS: f"bp_n_transits or rp_n_transits <= {TRANSITS_LIMIT} (DR3 published XP "
+                         f"spectra with more, bar a few special classes) or phot_g_n_obs < "
+                         f"{G_OBS_LIMIT}",
+    XP_FEW_BASES: f"bp_n_relevant_bases or rp_n_relevant_bases < {BASES_LIMIT}: few "
+                  f"coefficients above the noise (a faint, low-information spectrum)",
+    XP_OOD_IFOREST: "out of distribution by the Isolation Forest: ood_iforest_pct below its "
+                    "cut (--cuts, default 2.5)",
+    XP_OOD_MAHALANOBIS: "out of distribution by the Mahalanobis distance: "
+                        "ood_mahalanobis_pct above its cut (default 99.5)",
+    XP_OOD_GMM: "out of distribution by the Gaussian mixture: ood_gmm_pct below its cut "
+                "(default 0.5)",
+    XP_RECONSTRUCTION: "the svae cannot reproduce the spectrum: recon_chi2_pct above its cut "
+                       "(default 99)",
+    XP_PHOTOMETRY: "the XP spectrum disagrees with the BP or RP magnitude: xp_phot_pct above "
+                   "its cut (default 99.5; xptools.ood.PhotometricConsistency)",
+    XP_FLUX_EXCESS: _EXCESS[FLAG_FLUX_EXCESS],
+    XP_QUALITY: "the --quality condition does not hold (or its columns are unknown)",
+    XP_PARTIAL: "partial XP spectrum (BP or RP missing, NaN samples)",
+    XP_NO_XP: "no usable XP spectrum",
+    XP_NOT_SCORED: "could not be scored: some score is NaN (no usable or a partial spectrum, "
+                   "no flux errors, ...)",
 }

@@ -31,7 +31,7 @@ import numpy as np
 from xptools import models
 from xptools.errors import UserError
 from xptools.io import InputTable, Table, TableWriter
-from xptools.flags import FLAG_UNUSABLE, description
+from xptools.flags import FLAG_NO_ERRORS, FLAG_UNUSABLE, description
 from xptools.models.features import XPSource
 from xptools.progress import progress
 from xptools.provenance import stamp
@@ -158,20 +158,10 @@ def run_reconstruct(src: InputTable, out: TableWriter, model, *, prefix: str | N
     with progress(src.nrows, "generate", quiet) as bar:
         for chunk in src.chunks(chunk_rows, read_ahead=True):
             n = len(chunk)
-            xp, xp_error = source(chunk)
-            x, sigma, usable, flags = model.prepare(chunk, xp, xp_error)
-            g, _ = model.features.g_magnitude(chunk, xp)
-            z = np.full((n, model.latent), np.nan, np.float32)
-            z_error = np.full_like(z, np.nan)
-            statistics = {name: np.full(n, np.nan) for name in ("chi2", "excess", "worst")}
-            if usable.any():
-                rec = model.reconstruct(x[usable], sigma[usable])
-                z[usable], z_error[usable] = rec["z"], rec["z_error"]
-                for name, values in statistics.items():
-                    values[usable] = rec[name]
-            chi2 = statistics["chi2"]
-            flux, scatter = _spectra(model, chunk, z, g)
-            percentile = model.outlier_percentile(statistics)
+            rec = reconstruction(model, source, chunk)
+            z, z_error, flags = rec["z"], rec["z_error"], rec["flags"]
+            chi2, percentile = rec["chi2"], rec["outlier_percentile"]
+            flux, scatter = _spectra(model, chunk, z, rec["g"])
             table = _layout(model, chunk, keywords, replaced=encoded)
             _add_spectra(table, flux, scatter, "reconstructed")
             table.add_column(names["z"], z, description="latent coordinates (encoder mean)")
@@ -191,3 +181,27 @@ def run_reconstruct(src: InputTable, out: TableWriter, model, *, prefix: str | N
             counts["above_p99"] += int(np.count_nonzero(percentile > 99))
             bar.update(n)
     return counts
+
+
+def reconstruction(model, source: XPSource, chunk: Table) -> dict[str, np.ndarray]:
+    """Encode and decode one chunk's spectra (``source``: an XPSource with errors): per row
+    z, z_error, chi2, outlier_percentile (NaN where the spectrum is incomplete or has no
+    usable errors), the G magnitude it was normalised with, and generate_flag's bits."""
+    n = len(chunk)
+    xp, xp_error = source(chunk)
+    x, sigma, usable, flags = model.prepare(chunk, xp, xp_error)
+    if sigma is None:  # no flux_error column: a latent, but no chi2
+        flags = flags | np.where(usable, FLAG_NO_ERRORS, 0)
+    g, _ = model.features.g_magnitude(chunk, xp)
+    z = np.full((n, model.latent), np.nan, np.float32)
+    z_error = np.full_like(z, np.nan)
+    statistics = {name: np.full(n, np.nan) for name in ("chi2", "excess", "worst")}
+    if usable.any():
+        rec = model.reconstruct(x[usable], None if sigma is None else sigma[usable])
+        z[usable], z_error[usable] = rec["z"], rec["z_error"]
+        for name, values in statistics.items():
+            if name in rec:
+                values[usable] = rec[name]
+    return {"z": z, "z_error": z_error, "chi2": statistics["chi2"],
+            "outlier_percentile": model.outlier_percentile(statistics), "g": g,
+            "flags": flags}
