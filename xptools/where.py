@@ -12,6 +12,7 @@ import numpy as np
 
 from xptools.errors import UserError
 from xptools.io import Table
+from xptools.xp import preview_columns
 
 _TOKEN = re.compile(r"""
     \s*(?:
