@@ -157,13 +157,15 @@ def test_flag_adds_its_columns_and_keeps_every_row(setup, tmp_path):
     for name in NEW[:-1]:
         assert np.isfinite(t[name]).all(), name
     assert ((t["ood_iforest_pct"] >= 0) & (t["ood_iforest_pct"] <= 100)).all()
-    assert t.meta["XPTMKIND"] == "msa" and t.meta["XPTSVAE"] == "svae"
-    # no archive quality columns: no such bits; teff and logg columns are taken as labels
+    assert t.meta["XPTFMOD"] == "msa" and t.meta["XPTSVAE"] == "svae"
+    # no archive quality columns: no such bits; the table's own teff and logg are no infer
+    # labels (no infer_flag beside them): no label bits
     archive = flags.XP_RUWE | flags.XP_FEW_BASES | flags.XP_FEW_OBSERVATIONS
-    assert not np.any(t["xp_flag"] & archive)
+    label = flags.XP_LABEL_EDGE | flags.XP_LABEL_ERROR
+    assert not np.any(t["xp_flag"] & (archive | label))
     r = run("flag", setup / "stars.fits", "--model", setup / "msa", "--svae", setup / "svae",
             "-o", tmp_path / "again.fits")
-    assert b"labels checked: logg, teff" in r.stderr and b"pass xp_flag < 64" in r.stderr
+    assert b"no infer labels in the table" in r.stderr and b"pass xp_flag < 64" in r.stderr
 
 
 def test_outliers_and_bad_rows_are_flagged(setup, tmp_path):
@@ -195,6 +197,7 @@ def test_label_side_and_archive_bits(setup, tmp_path):
     t.columns["msa_teff_error"][1] = 400.0                     # above --sigma-max teff=150
     t.add_column("msa_logg", np.full(n, 3.0))
     t.add_column("msa_logg_error", np.full(n, 0.05))
+    t.add_column("msa_infer_flag", np.zeros(n, np.int16))
     t.add_column("ruwe", np.full(n, 1.0, np.float32))
     t.columns["ruwe"][2] = 2.5
     t.add_column("bp_n_relevant_bases", np.full(n, 40, np.int16))
@@ -216,6 +219,63 @@ def test_label_side_and_archive_bits(setup, tmp_path):
     r = flag(setup, "-o", tmp_path / "x.fits", "--infer-prefix", "msa", "--sigma-max",
              "fe_h=0.1", src=path)
     assert r.returncode == 1 and b"msa_fe_h_error" in r.stderr
+
+
+def test_without_flux_errors_or_g(setup, tmp_path):
+    """No flux_error column: no reconstruction, said once, and not a failure of every row.
+    No phot_g_mean_mag: the svae normalises by the spectrum's own G, so no reconstruction
+    bit (its chi2 is still written)."""
+    t = read_table(str(setup / "stars.fits"))
+    t.remove_columns(["flux_error"])
+    write_table(t, str(tmp_path / "noerr.fits"))
+    r = run("flag", tmp_path / "noerr.fits", "--model", setup / "msa", "--svae", setup / "svae",
+            "-o", tmp_path / "a.fits")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stderr.count(b"no flux_error column") == 1
+    out = read_table(str(tmp_path / "a.fits"))
+    assert np.isnan(out["recon_chi2"]).all()
+    assert not np.any(out["xp_flag"] & (flags.XP_NOT_SCORED | flags.XP_RECONSTRUCTION))
+    t = read_table(str(setup / "stars.fits"))
+    t.remove_columns(["phot_g_mean_mag"])
+    t.columns["flux"][0] *= np.linspace(3.0, 0.2, t["flux"].shape[1])   # unlike any star
+    write_table(t, str(tmp_path / "nog.fits"))
+    r = flag(setup, "-o", tmp_path / "b.fits", src=tmp_path / "nog.fits")
+    assert r.returncode == 0, r.stderr.decode()
+    out = read_table(str(tmp_path / "b.fits"))
+    assert np.isfinite(out["recon_chi2"]).all()
+    assert not np.any(out["xp_flag"] & flags.XP_RECONSTRUCTION)
+
+
+def test_photometric_consistency():
+    """The effective passbands recover a known one, a BP half scaled by 10% stands out, and
+    a star with one magnitude missing is still checked on the other band."""
+    from xptools.io import Table
+    from xptools.ood import PhotometricConsistency
+    from xptools.photometry import ZERO_POINT
+
+    rng = np.random.default_rng(1)
+    n, grid = 3000, np.arange(340.0, 1020.0, 10.0)
+    teff = rng.uniform(3800, 7000, n)
+    flux = np.exp(-0.5 * ((grid[None] - 2.9e6 / teff[:, None]) / 250.0) ** 2) * 1e-15
+    flux *= 10 ** (-0.4 * rng.uniform(-2, 2, n))[:, None]
+    passband = {"bp": np.exp(-0.5 * ((grid - 520) / 60) ** 2) * (grid < 639),
+                "rp": np.exp(-0.5 * ((grid - 780) / 90) ** 2) * (grid >= 639)}
+    t = Table()
+    for band in ("bp", "rp"):
+        i = (flux @ passband[band]) * (1 + 0.003 * rng.normal(size=n))
+        t.add_column(f"phot_{band}_mean_mag", -2.5 * np.log10(i) + ZERO_POINT[band])
+    t.add_column("phot_g_mean_mag", np.full(n, 12.0))
+    check = PhotometricConsistency.fit(grid, flux, t, np.ones(n, bool))
+    z = check.score(flux, t)
+    # the larger of two |N(0, 1)|: median 1.05, 99th percentile 2.8
+    assert 0.9 < np.median(z) < 1.2 and np.percentile(z, 99) < 3.5
+    scaled = flux.copy()
+    scaled[:, grid < 639] *= 1.1
+    assert np.all(check.score(scaled, t) > 20)       # 10% against a 0.3% spread
+    t.columns["phot_rp_mean_mag"] = np.full(n, np.nan)
+    assert np.all(check.score(scaled, t) > 20)       # BP alone still says so
+    t.columns["phot_bp_mean_mag"] = np.full(n, np.nan)
+    assert np.isnan(check.score(scaled, t)).all()    # no magnitude: no check
 
 
 def test_cuts_change_the_bits(setup, tmp_path):

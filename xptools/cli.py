@@ -769,7 +769,8 @@ def flag(
         loaded, recon = load_models(model, svae)
         counts = run_flag(src, out, loaded, recon, options, chunk_rows=chunk_rows, quiet=quiet)
     if plots is not None:
-        write_plots(plots, counts["summary"], os.path.basename(input), overwrite)
+        write_plots(plots, counts["summary"],
+                    "stdin" if input == "-" else os.path.basename(input), overwrite)
     if not quiet:
         rows = max(counts["rows"], 1)
         labels = (f"; labels checked: {', '.join(counts['labels'])}" if counts["labels"]

@@ -1,6 +1,6 @@
-"""The bits of the per-row flag columns of the model commands (``infer_flag``, ``embed_flag``,
-``generate_flag``), defined once: the models set them, ``xptools CMD --help`` lists them and
-the column descriptions point there. No numpy here, so that ``--help`` stays instant.
+"""The bits of the per-row flag columns (``infer_flag``, ``embed_flag``, ``generate_flag``,
+``photometry_flag`` and flag's ``xp_flag``), defined once: the commands set them, ``xptools CMD
+--help`` lists them and the column descriptions point there. No numpy here, so that ``--help`` stays instant.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ XP_RUWE = 4
 XP_FEW_OBSERVATIONS = 8
 XP_FEW_BASES = 16
 XP_OOD_IFOREST = 32
-XP_BASIC_CUT = 64           # the bits below are the strict sample's; from here on, basic
+XP_BASIC_CUT = 64           # a bit below this keeps a star in the basic sample; from it up, not
 XP_OOD_MAHALANOBIS = 64
 XP_OOD_GMM = 128
 XP_RECONSTRUCTION = 256
@@ -135,9 +135,10 @@ BITS["flag"] = {
     XP_PHOTOMETRY: "the XP spectrum disagrees with the BP or RP magnitude: xp_phot_pct above "
                    "its cut (default 99.5; xptools.ood.PhotometricConsistency)",
     XP_FLUX_EXCESS: _EXCESS[FLAG_FLUX_EXCESS],
-    XP_QUALITY: "the --quality condition does not hold (or its columns are unknown)",
+    XP_QUALITY: "the --quality condition is not true for the row (a comparison with an "
+                "unknown value is false)",
     XP_PARTIAL: "partial XP spectrum (BP or RP missing, NaN samples)",
     XP_NO_XP: "no usable XP spectrum",
-    XP_NOT_SCORED: "could not be scored: some score is NaN (no usable or a partial spectrum, "
-                   "no flux errors, ...)",
+    XP_NOT_SCORED: "could not be scored: a detector or the reconstruction percentile is NaN "
+                   "(no usable or a partial spectrum, no flux errors of a row, ...)",
 }

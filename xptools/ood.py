@@ -173,17 +173,19 @@ class PhotometricConsistency:
     by least squares (sum_l w_l F_l / I_band = 1) on the training stars without a BP/RP flux
     excess. r = ln(sum_l w_l F_l / I_band) is then about 0.5% (BP) and 0.2% (RP) at G = 12
     on APOGEE stars, and its robust spread sigma(G) is kept per magnitude bin. The score is
-    the larger |r| / sigma(G) of the two bands, high = unusual: a BP half scaled by 10% is a
-    10-20 sigma excursion. NaN without the magnitudes; +inf where the weighted flux is not
-    positive."""
+    the larger |r - median(G)| / sigma(G) of the bands that have a value, high = unusual (a
+    BP half scaled by 10% is a 10-20 sigma excursion); NaN without the magnitudes or the
+    samples; +inf where a band's weighted flux is not positive."""
 
     MAGNITUDES = {"bp": "phot_bp_mean_mag", "rp": "phot_rp_mean_mag"}
     G_EDGES = np.array([-np.inf, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 16.0, 17.0, np.inf])
     MIN_BIN = 50   # stars a magnitude bin needs for its own sigma
 
-    def __init__(self, weights: np.ndarray, g_centres: np.ndarray, sigma: np.ndarray):
+    def __init__(self, weights: np.ndarray, g_centres: np.ndarray, centre: np.ndarray,
+                 sigma: np.ndarray):
         self.weights = weights                          # (2, samples of the model grid)
-        self.g_centres, self.sigma = g_centres, sigma   # (m,), (2, m)
+        self.g_centres = g_centres                      # (m,): magnitude bins' median G
+        self.centre, self.sigma = centre, sigma         # (2, m): median and spread of r
 
     @classmethod
     def _inputs(cls, chunk, n: int):
@@ -193,6 +195,19 @@ class PhotometricConsistency:
         band_flux = np.stack([10.0 ** (-0.4 * (float_column(chunk, c, n) - ZERO_POINT[b]))
                               for b, c in cls.MAGNITUDES.items()], axis=1)
         return band_flux, float_column(chunk, REFERENCE, n)
+
+    @staticmethod
+    def _log_ratios(weights, flux, band_flux):
+        """r per band from the band's own samples (NaN where one of them is missing)."""
+        r = np.full(band_flux.shape, np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for b in range(2):
+                used = weights[b] != 0
+                estimate = flux[:, used] @ weights[b, used]
+                r[:, b] = np.where(estimate > 0, np.log(estimate / band_flux[:, b]),
+                                   np.where(np.isfinite(estimate) & np.isfinite(band_flux[:, b]),
+                                            np.inf, np.nan))   # no positive flux: +inf
+        return r
 
     @classmethod
     def fit(cls, wavelengths, flux, chunk, clean) -> "PhotometricConsistency | None":
@@ -208,34 +223,31 @@ class PhotometricConsistency:
         if ok.sum() < max(2 * len(wavelengths), 200):
             return None
         edge = sum(BAND_OVERLAP) / 2
-        weights, sigma = np.zeros((2, len(wavelengths))), []
-        centres = []
+        weights = np.zeros((2, len(wavelengths)))
         for b, half in enumerate((wavelengths < edge, wavelengths >= edge)):
             x = flux[ok][:, half] / band_flux[ok, b, None]
             weights[b, half] = np.linalg.lstsq(x, np.ones(len(x)), rcond=None)[0]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r = np.log(np.einsum("nl,bl->nb", flux[ok], weights) / band_flux[ok])
+        r = cls._log_ratios(weights, flux[ok], band_flux[ok])
         which = np.digitize(g[ok], cls.G_EDGES) - 1
-        for k in range(len(cls.G_EDGES) - 1):
-            rows = which == k
-            if rows.sum() >= cls.MIN_BIN:
-                centres.append(np.median(g[ok][rows]))
-                sigma.append([sigma_mad(r[rows, b]) for b in range(2)])
-        return cls(weights, np.array(centres), np.array(sigma).T)
+        bins = [which == k for k in range(len(cls.G_EDGES) - 1)
+                if (which == k).sum() >= cls.MIN_BIN] or [np.ones(len(which), bool)]
+        centres = np.array([np.median(g[ok][rows]) for rows in bins])
+        centre = np.array([[np.median(r[rows, b]) for rows in bins] for b in range(2)])
+        sigma = np.array([[sigma_mad(r[rows, b]) for rows in bins] for b in range(2)])
+        return cls(weights, centres, centre, sigma)
 
     def score(self, flux: np.ndarray, chunk) -> np.ndarray:
+        """max over the bands with a value of |r - median(G)| / sigma(G); NaN when neither
+        band has one."""
         band_flux, g = self._inputs(chunk, len(flux))
-        estimate = np.einsum("nl,bl->nb", np.nan_to_num(flux, nan=np.inf), self.weights)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r = np.log(estimate / band_flux)
-            sigma = np.stack([np.interp(g, self.g_centres, self.sigma[b]) for b in range(2)], 1)
-            z = np.abs(r) / sigma
-        z = np.where(np.isfinite(band_flux) & np.isfinite(estimate) & (estimate <= 0), np.inf, z)
-        z = np.where(np.isnan(estimate) | np.isinf(estimate), np.nan, z)   # missing samples
-        return np.max(z, axis=1)
+        r = self._log_ratios(self.weights, flux, band_flux)
+        z = np.stack([np.abs(r[:, b] - np.interp(g, self.g_centres, self.centre[b]))
+                      / np.interp(g, self.g_centres, self.sigma[b]) for b in range(2)], axis=1)
+        return np.fmax(z[:, 0], z[:, 1])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"weights": self.weights, "g_centres": self.g_centres, "sigma": self.sigma}
+        return {"weights": self.weights, "g_centres": self.g_centres, "centre": self.centre,
+                "sigma": self.sigma}
 
 
 class Reference:
@@ -331,6 +343,9 @@ def fit_detectors(model, table, name: str, seed: int, embedding: str | None = No
     from xptools.flags import FLUX_EXCESS_LIMIT
     from xptools.models.features import XPSource, flux_excess_of, label_array, monitor_split
 
+    if "source_id" not in table:
+        raise UserError(f"{name}: no source_id column: the held-out reference stars are found "
+                        f"by the hash of source_id that training used")
     embedding = embedding or model.EMBEDDINGS[0]
     xp, _ = XPSource(table, name, model.features)(table)
     e, _ = model.embedding(table, xp, embedding)

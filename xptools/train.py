@@ -254,15 +254,17 @@ def stderr_log(quiet: bool):
 def _detectors(model, table, name: str, seed: int, quiet: bool):
     """The out-of-distribution detectors `xptools flag` reads (`xptools.ood`), fitted on the
     trained model's embedding of the training rows, referenced on the held-out ones; None
-    (with a warning) when there are too few rows."""
+    (with a warning) when they cannot be fitted (too few rows, no source_id, a degenerate
+    embedding): the trained model is saved in any case."""
     from xptools.ood import fit_detectors
 
     try:
         return fit_detectors(model, table, os.path.basename(name), seed)
-    except UserError as e:
+    except Exception as e:   # noqa: BLE001 - never lose a finished training run to this step
         if not quiet:
-            print(f"xptools train: warning: no out-of-distribution detectors: {e}",
-                  file=sys.stderr)
+            what = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+            print(f"xptools train: warning: no out-of-distribution detectors ({what}); "
+                  f"`xptools flag` cannot use this model", file=sys.stderr)
         return None
 
 

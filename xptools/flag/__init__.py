@@ -33,7 +33,7 @@ import numpy as np
 from xptools import flags as bits
 from xptools import models
 from xptools.errors import UserError
-from xptools.flags import FLAG_FLUX_EXCESS, description
+from xptools.flags import FLAG_FLUX_EXCESS, FLAG_G_FROM_XP, description
 from xptools.io import InputTable, TableWriter
 from xptools.models.features import XPSource, float_column
 from xptools.progress import progress
@@ -76,7 +76,7 @@ def parse_assignments(text: str | None, option: str, known: tuple[str, ...] | No
 class FlagOptions:
     cuts: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CUTS))
     sigma_max: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SIGMA_MAX))
-    sigma_given: bool = False               # --sigma-max named labels: they must exist
+    sigma_named: tuple[str, ...] = ()         # labels --sigma-max named: they must exist
     quality: RowFilter | None = None
     prefix: str | None = None                # of the new columns
     infer_prefix: str | None = None          # of the label columns infer added
@@ -90,9 +90,9 @@ class FlagOptions:
             if not 0 <= value <= 100:
                 raise UserError(f"--cuts {cuts!r}: {name}={value:g} is not a percentile "
                                 f"(0..100)")
-        sigma = parse_assignments(sigma_max, "--sigma-max", None,
-                                  {} if sigma_max else DEFAULT_SIGMA_MAX)
-        return cls(parsed, sigma, sigma_max is not None,
+        sigma = parse_assignments(sigma_max, "--sigma-max", None, DEFAULT_SIGMA_MAX)
+        named = tuple(parse_assignments(sigma_max, "--sigma-max", None, {}))
+        return cls(parsed, sigma, named,
                    RowFilter(quality, "--quality") if quality else None, **rest)
 
 
@@ -102,18 +102,21 @@ class Labels:
 
     def __init__(self, schema, name: str, detectors, options: FlagOptions):
         p = models.column_names(options.infer_prefix, [""])[""]
-        self.value = {l: p + l for l in detectors.label_range if p + l in schema}
+        # infer's columns, known by its infer_flag beside them (a table's own teff is not)
+        ours = p + "infer_flag" in schema
+        self.value = {l: p + l for l in detectors.label_range if ours and p + l in schema}
         self.error = {l: p + l + "_error" for l in options.sigma_max
-                      if p + l + "_error" in schema}
+                      if ours and p + l + "_error" in schema}
         self.range = detectors.label_range
         self.sigma_max = options.sigma_max
-        if options.sigma_given:
-            missing = [l for l in options.sigma_max if l not in self.error]
+        if options.sigma_named:
+            missing = [l for l in options.sigma_named if l not in self.error]
             if missing:
-                raise UserError(f"{name}: no column {p + missing[0] + '_error'!r} for "
-                                f"--sigma-max (give --infer-prefix if infer's columns have one)")
-        self.kiel = (p + "teff", p + "logg") if {p + "teff", p + "logg"} <= set(schema.colnames) \
-            else None
+                raise UserError(f"{name}: no column {p + missing[0] + '_error'!r} (with "
+                                f"{p + 'infer_flag'!r}) for --sigma-max (give --infer-prefix if "
+                                f"infer's columns have one)")
+        self.kiel = (p + "teff", p + "logg") \
+            if ours and {p + "teff", p + "logg"} <= set(schema.colnames) else None
 
     def flags(self, chunk) -> np.ndarray:
         n = len(chunk)
@@ -168,8 +171,12 @@ def input_flags(xp: np.ndarray, sampled: bool, model_flags: np.ndarray) -> np.nd
     return out.astype(np.int32)
 
 
-def score_flags(scores: dict[str, np.ndarray], cuts: dict[str, float]) -> np.ndarray:
-    """The detector and reconstruction bits, and 'not scored' where a percentile is NaN."""
+def score_flags(scores: dict[str, np.ndarray], cuts: dict[str, float], reconstructs: bool,
+                g_from_xp: np.ndarray) -> np.ndarray:
+    """The detector, reconstruction and photometric bits, and 'not scored' where a detector
+    or (when the table ``reconstructs``) the reconstruction percentile is NaN. A row whose G
+    came from its own spectrum (no phot_g_mean_mag) gets no reconstruction bit: the svae
+    normalises by G, and that estimate alone inflates the chi2 of bright stars."""
     n = len(scores["recon_pct"])
     out = np.zeros(n, np.int32)
     with np.errstate(invalid="ignore"):
@@ -177,12 +184,13 @@ def score_flags(scores: dict[str, np.ndarray], cuts: dict[str, float]) -> np.nda
             pct = scores[name + "_pct"]
             unusual = pct < cuts[name] if name in LOW_IS_UNUSUAL else pct > cuts[name]
             out |= np.where(unusual, bit, 0).astype(np.int32)
-        out |= np.where(scores["recon_pct"] > cuts["recon"], bits.XP_RECONSTRUCTION, 0) \
-            .astype(np.int32)
+        out |= np.where((scores["recon_pct"] > cuts["recon"]) & ~g_from_xp,
+                        bits.XP_RECONSTRUCTION, 0).astype(np.int32)
         out |= np.where(scores["phot_pct"] > cuts["phot"], bits.XP_PHOTOMETRY, 0) \
             .astype(np.int32)
     unscored = np.zeros(n, bool)
-    for name in ("mahalanobis_pct", "iforest_pct", "gmm_pct", "recon_pct"):
+    for name in ("mahalanobis_pct", "iforest_pct", "gmm_pct") + (("recon_pct",) if reconstructs
+                                                                  else ()):
         unscored |= np.isnan(scores[name])
     return out | np.where(unscored, bits.XP_NOT_SCORED, 0).astype(np.int32)
 
@@ -214,26 +222,38 @@ class Flagger:
             options.quality.check(schema, name)
         self.source = XPSource(schema, name, model.features)
         self.recon_source = XPSource(schema, name, svae.features, with_errors=True)
+        # a sampled table without flux_error has no chi2: the reconstruction is left out
+        # (NaN, no bits), not counted as a failure of every row
+        self.reconstructs = not (self.recon_source.kind == "sampled"
+                                 and "flux_error" not in schema)
         self.labels = Labels(schema, name, self.detectors, options)
-        self.keywords = {**models.keywords(model), "XPTSVAE": models.keywords(svae)["XPTMODEL"]}
+        # the models flag used, under keywords of their own (infer's XPTMODEL stays)
+        self.keywords = {"XPTFMOD": models.keywords(model)["XPTMODEL"],
+                         "XPTFSUM": models.keywords(model)["XPTMSUM"],
+                         "XPTSVAE": models.keywords(svae)["XPTMODEL"]}
 
     def scores(self, chunk) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Every score of the chunk's rows (the detectors' raw scores and percentiles,
-        recon_chi2 and recon_pct) and xp_flag."""
+        recon_chi2 and recon_pct, phot_z and phot_pct) and xp_flag."""
         from xptools.generate import reconstruction
 
+        n = len(chunk)
         xp, _ = self.source(chunk)
         e, model_flags = self.model.embedding(chunk, xp, self.detectors.embedding)
         sampled = self.model.features.xp == "sampled"
+        flag = (input_flags(xp, sampled, model_flags) | archive_flags(chunk)
+                | self.labels.flags(chunk))
+        e[flag & bits.XP_NO_XP != 0] = np.nan      # scores of photometry alone are no scores
         scores = self.detectors.scores(e, xp if sampled else None, chunk)
-        n = len(chunk)
         scores["phot_z"] = scores.pop("photometry", np.full(n, np.nan))
         scores["phot_pct"] = scores.pop("photometry_pct", np.full(n, np.nan))
-        rec = reconstruction(self.svae, self.recon_source, chunk)
-        scores["recon_chi2"], scores["recon_pct"] = rec["chi2"], rec["outlier_percentile"]
-        flag = (score_flags(scores, self.options.cuts)
-                | input_flags(xp, self.model.features.xp == "sampled", model_flags)
-                | archive_flags(chunk) | self.labels.flags(chunk))
+        scores["recon_chi2"], scores["recon_pct"] = np.full(n, np.nan), np.full(n, np.nan)
+        g_from_xp = np.zeros(n, bool)
+        if self.reconstructs:
+            rec = reconstruction(self.svae, self.recon_source, chunk)
+            scores["recon_chi2"], scores["recon_pct"] = rec["chi2"], rec["outlier_percentile"]
+            g_from_xp = rec["flags"] & FLAG_G_FROM_XP != 0
+        flag |= score_flags(scores, self.options.cuts, self.reconstructs, g_from_xp)
         if self.options.quality is not None:
             flag |= np.where(self.options.quality(chunk), 0, bits.XP_QUALITY).astype(np.int32)
         return scores, flag
@@ -271,6 +291,11 @@ def run_flag(src: InputTable, out: TableWriter, model, svae, options: FlagOption
     from xptools.flag.plots import Accumulator
 
     flagger = Flagger(src.schema, src.name, model, svae, options)
+    if not flagger.reconstructs and not quiet:
+        from xptools.progress import print_warning
+
+        print_warning(f"{src.name}: no flux_error column: no svae reconstruction (recon_chi2 "
+                      f"and recon_chi2_pct are NaN, bit 256 is never set)")
     kiel = flagger.labels.kiel
     summary = Accumulator(kiel is not None, options.cuts)
     counts = {"rows": 0, "unscored": 0, "basic": 0, "strict": 0,
@@ -297,4 +322,7 @@ def write_plots(folder: str, summary, title: str, overwrite: bool) -> list[str]:
     os.makedirs(folder, exist_ok=True)
     for name, data in figures.items():
         write_file(os.path.join(folder, name), data, overwrite)
+    for name in set(drawing.FILES) - set(figures):   # an earlier run's, not this one's
+        if os.path.exists(os.path.join(folder, name)):
+            os.remove(os.path.join(folder, name))
     return sorted(figures)

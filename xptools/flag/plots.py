@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from xptools.flag import LOW_IS_UNUSUAL as LOW
 from xptools.flags import XP_BASIC_CUT
 
 SCORES = {"mahalanobis_pct": "Mahalanobis", "iforest_pct": "Isolation Forest",
           "gmm_pct": "Gaussian mixture", "recon_pct": "svae reconstruction",
           "phot_pct": "XP vs BP/RP photometry"}
-LOW_IS_UNUSUAL = ("iforest_pct", "gmm_pct")
+LOW_IS_UNUSUAL = tuple(name + "_pct" for name in LOW)
 BINS = np.linspace(0.0, 100.0, 51)
 LOG_TEFF = np.linspace(np.log10(3000.0), np.log10(20000.0), 61)
 LOGG = np.linspace(-0.5, 5.5, 61)
@@ -39,6 +40,7 @@ class Accumulator:
         self.count = np.zeros(shape)
         self.sums = {name: np.zeros(shape) for name in ("mahalanobis_pct", "iforest_pct",
                                                           "gmm_pct")}
+        self.scored = {name: np.zeros(shape) for name in self.sums}   # finite values
         self.failed = np.zeros(shape)
         self.rows = 0
         self.beyond = {name: 0 for name in SCORES}
@@ -68,7 +70,9 @@ class Accumulator:
         for name, total in self.sums.items():
             pct = scores[name][rows]
             unusual = 100.0 - pct if name in LOW_IS_UNUSUAL else pct
-            np.add.at(total, (i, j), np.nan_to_num(unusual, nan=50.0))
+            finite = np.isfinite(unusual)
+            np.add.at(total, (i[finite], j[finite]), unusual[finite])
+            np.add.at(self.scored[name], (i[finite], j[finite]), 1)
 
 
 def figures(summary: Accumulator, title: str) -> dict[str, bytes]:
@@ -115,15 +119,17 @@ def kiel_figure(summary: Accumulator, title: str):
 
     from xptools.calibrate.plots import style, titled_figure
 
-    panels = [(f"{SCORES[name]}: mean unusualness", total / np.maximum(summary.count, 1),
-               "viridis", (0, 100)) for name, total in summary.sums.items()]
+    panels = [(f"{SCORES[name]}: mean unusualness",
+               np.where(summary.scored[name] > 0, total / np.maximum(summary.scored[name], 1),
+                        np.nan), "viridis", (0, 100)) for name, total in summary.sums.items()]
     panels.append((f"fraction with xp_flag >= {XP_BASIC_CUT}",
                    summary.failed / np.maximum(summary.count, 1), "magma", (0, 1)))
     figure = titled_figure(12.0, 3.2, title)
     axes = figure.subplots(1, len(panels), sharex=True, sharey=True)
     few = summary.count < MIN_CELL
     for ax, (what, values, cmap, (vmin, vmax)) in zip(axes, panels):
-        mesh = ax.pcolormesh(10 ** LOG_TEFF, LOGG, np.ma.masked_where(few, values).T,
+        mesh = ax.pcolormesh(10 ** LOG_TEFF, LOGG,
+                             np.ma.masked_where(few | ~np.isfinite(values), values).T,
                              cmap=cmap, vmin=vmin, vmax=vmax, shading="flat", rasterized=True)
         ax.set_xscale("log")
         ax.set_xlim(10 ** LOG_TEFF[-1], 10 ** LOG_TEFF[0])
