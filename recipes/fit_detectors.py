@@ -4,7 +4,8 @@ fits them for new models), in place: the same weights (checked by checksum), con
 gains the ``detectors`` section, the directory detectors.safetensors, the card a section.
 
     python recipes/fit_detectors.py [--model DIR ...] [--embedding NAME]
-                                    [--train recipes/work/apogee_train.fits] [--out DIR]
+                                    [--train recipes/work/apogee_train.fits]
+                                    [--valid recipes/work/apogee_valid.fits] [--out DIR]
 
 Without --model: both shipped models (msa-apogee on its head, svae-apogee on z). Run after
 `python recipes/prepare_apogee.py` (which writes recipes/work/).
@@ -21,6 +22,8 @@ import argparse
 import hashlib
 import os
 
+import numpy as np
+
 from xptools import models
 from xptools.calibrate import replace_section
 from xptools.io import read_table
@@ -29,7 +32,26 @@ from xptools.ood import FILE, fit_detectors
 HEADING = "## Out-of-distribution detectors"
 
 
-def card_section(model, train: str) -> str:
+def validation_rates(model, valid) -> str:
+    """The detectors' flag rates at the default cuts on the validation table's stars."""
+    from xptools.flag import DEFAULT_CUTS, LOW_IS_UNUSUAL
+    from xptools.models.features import XPSource
+
+    xp, _ = XPSource(valid, "valid", model.features)(valid)
+    e, _ = model.embedding(valid, xp, model.detectors.embedding)
+    scores = model.detectors.scores(e)
+    parts = []
+    for name in ("mahalanobis", "iforest", "gmm"):
+        pct, cut = scores[name + "_pct"], DEFAULT_CUTS[name]
+        ok = np.isfinite(pct)
+        low = name in LOW_IS_UNUSUAL
+        rate = np.mean(pct[ok] < cut) if low else np.mean(pct[ok] > cut)
+        parts.append(f"{name} {'<' if low else '>'} {cut:g}: {100 * rate:.2f}% (nominal "
+                     f"{cut if low else 100 - cut:g}%)")
+    return f"On the {len(valid)} validation stars: " + "; ".join(parts) + "."
+
+
+def card_section(model, train: str, rates: str) -> str:
     detectors = model.detectors
     info = detectors.info
     ranges = ", ".join(f"{label} {lo:.4g}..{hi:.4g}"
@@ -48,7 +70,7 @@ def card_section(model, train: str) -> str:
            "effective passband per band, fitted on the same stars)."
            if detectors.photometry is not None else ""), "",
         f"Training labels' 1st..99th percentiles (the label-side flag): {ranges or 'none'}.", "",
-        "Flag rates on the validation split, and what the flags catch: "
+        rates + " What the flags catch (defects, badly labelled stars, faint stars): "
         "`python benchmarks/bench_flag.py`, docs/flag.md.", ""])
 
 
@@ -60,6 +82,8 @@ def main() -> None:
     parser.add_argument("--embedding", default=None, help="one of the model's EMBEDDINGS "
                         "(default: its first)")
     parser.add_argument("--train", default=os.path.join(here, "work", "apogee_train.fits"))
+    parser.add_argument("--valid", default=os.path.join(here, "work", "apogee_valid.fits"),
+                        help="validation table: the card's flag rates")
     parser.add_argument("--out", default=None, help="model directory to write (default: "
                         "--model, in place)")
     args = parser.parse_args()
@@ -67,6 +91,7 @@ def main() -> None:
     if args.out and len(paths) > 1:
         parser.error("--out needs a single --model")
     table = read_table(args.train)
+    valid = read_table(args.valid)
     with open(args.train, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     for path in paths:
@@ -79,8 +104,8 @@ def main() -> None:
         model.detectors = fit_detectors(model, table, os.path.basename(args.train), seed,
                                         args.embedding)
         with open(os.path.join(path, models.CARD)) as f:
-            card = replace_section(f.read(), card_section(model, os.path.basename(args.train)),
-                                   HEADING)
+            card = replace_section(f.read(), card_section(
+                model, os.path.basename(args.train), validation_rates(model, valid)), HEADING)
         out = args.out or path
         models.save(model, out, card, overwrite=True,
                     extra_files=models.other_files(path), checksum=model.checksum)
