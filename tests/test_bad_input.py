@@ -149,7 +149,7 @@ def test_unknown_format(tmp_path):
     assert_clean_failure(run("sample", src, "-o", out), out, str(src), "unknown table format")
 
 
-@pytest.mark.parametrize("option", [["--format", "parquet"], ["--input-format", "xls"]])
+@pytest.mark.parametrize("option", [["--format", "arrow"], ["--input-format", "xls"]])
 def test_unknown_format_option(tmp_path, continuous_fits, option):
     out = tmp_path / "out.fits"
     assert_clean_failure(run("sample", continuous_fits, "-o", out, *option), out,

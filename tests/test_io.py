@@ -10,7 +10,8 @@ from conftest import run
 from xptools.errors import UserError
 from xptools.io import FORMATS, Table, TableWriter, open_table, read_table, sniff, write_table
 
-EXT = {"fits": "fits", "hdf5": "h5", "csv": "csv", "ecsv": "ecsv", "votable": "vot"}
+EXT = {"fits": "fits", "hdf5": "h5", "parquet": "parquet", "csv": "csv", "ecsv": "ecsv",
+       "votable": "vot"}
 
 
 def sample_table(n=4):

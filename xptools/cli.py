@@ -21,8 +21,8 @@ from xptools.errors import NotImplementedYet, UserError
 app = typer.Typer(
     name="xptools",
     help="Gaia DR3 BP/RP (XP) spectra from the command line. Each command reads a table "
-         "(FITS, HDF5, CSV, ECSV, VOTable; '-' for stdin), adds columns, and writes a table "
-         "(-o FILE, or stdout), so commands chain with pipes.",
+         "(FITS, HDF5, Parquet, CSV, ECSV, VOTable; '-' for stdin), adds columns, and writes "
+         "a table (-o FILE, or stdout), so commands chain with pipes.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -31,8 +31,8 @@ app = typer.Typer(
 
 # Options shared by the table-in, table-out commands.
 OUTPUT = typer.Option("-", "-o", "--output", help="Output file; '-' (default) is stdout.")
-FORMAT = typer.Option(None, "--format", help="Output format: fits, hdf5, csv, ecsv, votable "
-                      "(default: from the extension; FITS on stdout).")
+FORMAT = typer.Option(None, "--format", help="Output format: fits, hdf5, parquet, csv, ecsv, "
+                      "votable (default: from the extension; FITS on stdout).")
 INPUT_FORMAT = typer.Option(None, "--input-format",
                             help="Input format, when the extension or content does not tell.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output file.")

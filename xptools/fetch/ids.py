@@ -73,7 +73,7 @@ def unique_in_order(ids: np.ndarray, where, warn, name: str) -> np.ndarray:
 
 def _is_plain_text(head: bytes) -> bool:
     """One token per line (ids, perhaps a header), not a table format."""
-    if sniff(head) in ("fits", "hdf5", "ecsv", "votable") or b"\0" in head:
+    if sniff(head) in ("fits", "hdf5", "parquet", "ecsv", "votable") or b"\0" in head:
         return False
     lines = head.decode("utf-8", errors="replace").splitlines()
     if len(head) >= 65536 and len(lines) > 1:

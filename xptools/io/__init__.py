@@ -1,10 +1,11 @@
-"""Table I/O for every subcommand: FITS, HDF5, CSV, ECSV and VOTable, files or stdin/stdout.
+"""Table I/O for every subcommand: FITS, HDF5, Parquet, CSV, ECSV and VOTable, files or
+stdin/stdout.
 
 - The format comes from ``format=`` (the ``--format`` option), else the file extension, else
   (stdin, odd extensions) the first bytes of the data. ``.gz`` is handled transparently.
-- ``-`` is stdin or stdout. Input from stdin is spooled to a temporary file first (FITS and
-  HDF5 need random access); output to stdout is written to a temporary file and copied out
-  when complete, so a failed run writes nothing.
+- ``-`` is stdin or stdout. Input from stdin is spooled to a temporary file first (FITS,
+  HDF5 and Parquet need random access); output to stdout is written to a temporary file and
+  copied out when complete, so a failed run writes nothing.
 - Output files are written to a temporary file beside the target and renamed into place at the
   end (`xptools.io.atomic`); an existing file is only replaced with ``overwrite=True``. A failed
   or interrupted run removes what it wrote.
@@ -36,6 +37,7 @@ __all__ = ["Table", "ColumnInfo", "concat", "open_table", "read_table", "TableWr
 FORMATS = {
     "fits": (("fits", "fit", "fts"), True),
     "hdf5": (("h5", "hdf5", "hdf"), True),
+    "parquet": (("parquet", "pq", "parq"), True),
     "csv": (("csv",), False),
     "ecsv": (("ecsv",), False),
     "votable": (("vot", "votable", "xml"), False),
@@ -50,6 +52,9 @@ def _reader(fmt: str, path: str, name: str):
     if fmt == "hdf5":
         from xptools.io.hdf5 import Hdf5Reader
         return Hdf5Reader(path, name)
+    if fmt == "parquet":
+        from xptools.io.parquet import ParquetReader
+        return ParquetReader(path, name)
     if fmt in ("csv", "ecsv"):
         from xptools.io.text import CsvReader
         return CsvReader(path, name, ecsv=fmt == "ecsv")
@@ -64,6 +69,9 @@ def _writer(fmt: str, path: str):
     if fmt == "hdf5":
         from xptools.io.hdf5 import Hdf5Writer
         return Hdf5Writer(path)
+    if fmt == "parquet":
+        from xptools.io.parquet import ParquetWriter
+        return ParquetWriter(path)
     if fmt in ("csv", "ecsv"):
         from xptools.io.text import CsvWriter
         return CsvWriter(path, ecsv=fmt == "ecsv")
@@ -93,6 +101,8 @@ def sniff(head: bytes) -> str | None:
         return "fits"
     if head.startswith(b"\x89HDF\r\n\x1a\n"):
         return "hdf5"
+    if head.startswith(b"PAR1"):
+        return "parquet"
     if head.startswith(b"# %ECSV"):
         return "ecsv"
     text = head.lstrip()
@@ -113,7 +123,7 @@ def is_stream(path: str) -> bool:
 
 def spool(path: str) -> str:
     """A temporary regular file with the data of stdin ('-') or of a pipe, which formats that
-    need random access (FITS, HDF5), or a second look, can read; remove it with
+    need random access (FITS, HDF5, Parquet), or a second look, can read; remove it with
     `atomic.discard`."""
     tmp = atomic.temporary_file("xptools-stdin-")
     try:
@@ -148,8 +158,8 @@ class InputTable:
             fmt = _check_format(format) if format else (
                 format_from_name(path) if path != STDIO else None) or sniff(head)
             if fmt is None:
-                raise UserError(f"{self.name}: unknown table format (not FITS, HDF5, CSV, ECSV "
-                                f"or VOTable); name it with --format")
+                raise UserError(f"{self.name}: unknown table format (not FITS, HDF5, Parquet, "
+                                f"CSV, ECSV or VOTable); name it with --format")
             self.format = fmt
             self._reader = _reader(fmt, local, self.name)
         except BaseException:

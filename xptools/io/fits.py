@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from xptools.errors import UserError
-from xptools.io.table import ColumnInfo, Table, text_bytes
+from xptools.io.table import Table, text_bytes
 
 # Header keywords that describe the table structure rather than its content.
 _STRUCTURAL = re.compile(
