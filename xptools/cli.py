@@ -761,7 +761,7 @@ def flag(
     from xptools.io.atomic import check_folder
 
     options = FlagOptions.parse(cuts, sigma_max, quality, prefix=prefix,
-                                infer_prefix=infer_prefix, plots=plots)
+                                infer_prefix=infer_prefix)
     if plots is not None:
         check_folder(plots, FILES, overwrite, "--plots")
     with TableWriter(output, format, overwrite, write_behind=True) as out, \

@@ -80,7 +80,6 @@ class FlagOptions:
     quality: RowFilter | None = None
     prefix: str | None = None                # of the new columns
     infer_prefix: str | None = None          # of the label columns infer added
-    plots: str | None = None
 
     @classmethod
     def parse(cls, cuts: str | None, sigma_max: str | None, quality: str | None,
