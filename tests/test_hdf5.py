@@ -34,11 +34,12 @@ def spectra_table(n=9, start=0):
     return t
 
 
-def write_in_pieces(path, total=9, piece=4):
+def write_in_pieces(path, total=9, piece=4, table=spectra_table):
+    """``table``'s rows written chunk by chunk (test_parquet.py passes its own table)."""
     with TableWriter(str(path)) as out:
         for start in range(0, total, piece):
-            out.write(spectra_table(min(piece, total - start), start))
-    return spectra_table(total)
+            out.write(table(min(piece, total - start), start))
+    return table(total)
 
 
 def strict_astropy_read(path, **kwargs):

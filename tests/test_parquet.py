@@ -14,6 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import run, synthetic_continuous
+from test_hdf5 import spectra_table as hdf5_spectra_table
+from test_hdf5 import write_in_pieces as hdf5_write_in_pieces
 from xptools.errors import UserError
 from xptools.io import (Table, TableWriter, format_from_name, open_table, output_format,
                         read_table, sniff, write_table)
@@ -24,29 +26,19 @@ HISTORY = ["2026-01-01T00:00:00Z xptools sample in.fits -o out.parquet", "second
 
 
 def spectra_table(n=9, start=0):
-    """Rows start..start+n of a table with every kind of column xptools writes."""
+    """test_hdf5.py's table of every kind of column xptools writes, with more that Parquet must
+    keep: a NaN scalar, one missing sample, a second array width, a boolean keyword."""
     rows = np.arange(start, start + n)
-    t = Table(meta=dict(KEYWORDS), history=list(HISTORY))
-    t.add_column("source_id", rows.astype(np.int64) * 10**15 + 7, description="Gaia DR3 id")
-    t.add_column("g", np.where(rows % 5 == 3, np.nan, 10 + rows / 4), unit="mag")
-    t.add_column("n_bases", np.where(rows % 3 == 1, -1, rows).astype(np.int16), null=-1,
-                 description="bases used")
-    t.add_column("name", np.array([f"star-{i}" + ("é" if i % 2 else "") for i in rows]))
-    t.add_column("ok", rows % 2 == 0)
-    flux = (rows[:, None] + np.linspace(1, 2, 343)[None, :]).astype(np.float32)
-    flux[rows % 4 == 2] = np.nan  # a missing spectrum
-    flux[rows % 4 == 1, 5] = np.nan  # one missing sample
-    t.add_column("flux", flux, unit="W m-2 nm-1", description="sampled flux")
+    t = hdf5_spectra_table(n, start)
+    t.meta, t.history = dict(KEYWORDS), list(HISTORY)
+    t.columns["g"] = np.where(rows % 5 == 3, np.nan, t["g"])
+    t.columns["flux"][rows % 4 == 1, 5] = np.nan  # one missing sample
     t.add_column("bp_coefficients", rows[:, None] * 0.5 + np.arange(55.0)[None, :])
-    t.add_column("cov", rows[:, None, None] * 4.0 + np.arange(4).reshape(2, 2))
     return t
 
 
 def write_in_pieces(path, total=9, piece=4):
-    with TableWriter(str(path)) as out:
-        for start in range(0, total, piece):
-            out.write(spectra_table(min(piece, total - start), start))
-    return spectra_table(total)
+    return hdf5_write_in_pieces(path, total, piece, spectra_table)
 
 
 def assert_same(back, t):

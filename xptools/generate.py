@@ -158,7 +158,7 @@ def run_reconstruct(src: InputTable, out: TableWriter, model, *, prefix: str | N
     with progress(src.nrows, "generate", quiet) as bar:
         for chunk in src.chunks(chunk_rows, read_ahead=True):
             n = len(chunk)
-            rec = reconstruction(model, source, chunk)
+            rec = reconstruction(model, chunk, *source(chunk))
             z, z_error, flags = rec["z"], rec["z_error"], rec["flags"]
             chi2, percentile = rec["chi2"], rec["outlier_percentile"]
             flux, scatter = _spectra(model, chunk, z, rec["g"])
@@ -183,12 +183,13 @@ def run_reconstruct(src: InputTable, out: TableWriter, model, *, prefix: str | N
     return counts
 
 
-def reconstruction(model, source: XPSource, chunk: Table) -> dict[str, np.ndarray]:
-    """Encode and decode one chunk's spectra (``source``: an XPSource with errors): per row
-    z, z_error, chi2, outlier_percentile (NaN where the spectrum is incomplete or has no
-    usable errors), the G magnitude it was normalised with, and generate_flag's bits."""
+def reconstruction(model, chunk: Table, xp: np.ndarray,
+                   xp_error: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Encode and decode one chunk's spectra (``xp``, ``xp_error``: what an XPSource with
+    errors gives for the chunk): per row z, z_error, chi2, outlier_percentile (NaN where the
+    spectrum is incomplete or has no usable errors), the G magnitude it was normalised with,
+    and generate_flag's bits."""
     n = len(chunk)
-    xp, xp_error = source(chunk)
     x, sigma, usable, flags = model.prepare(chunk, xp, xp_error)
     if sigma is None:  # no flux_error column: a latent, but no chi2
         flags = flags | np.where(usable, FLAG_NO_ERRORS, 0)

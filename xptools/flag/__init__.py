@@ -225,6 +225,11 @@ class Flagger:
         # (NaN, no bits), not counted as a failure of every row
         self.reconstructs = not (self.recon_source.kind == "sampled"
                                  and "flux_error" not in schema)
+        # both models on one grid (the shipped ones): the spectrum is read, or coefficients
+        # sampled, once for both
+        self.one_grid = (self.reconstructs
+                         and model.features.xp == svae.features.xp == "sampled"
+                         and list(model.features.wavelengths) == list(svae.features.wavelengths))
         self.labels = Labels(schema, name, self.detectors, options)
         # the models flag used, under keywords of their own (infer's XPTMODEL stays)
         self.keywords = {"XPTFMOD": models.keywords(model)["XPTMODEL"],
@@ -237,7 +242,9 @@ class Flagger:
         from xptools.generate import reconstruction
 
         n = len(chunk)
-        xp, _ = self.source(chunk)
+        if self.reconstructs:
+            recon_xp, recon_error = self.recon_source(chunk)
+        xp = recon_xp if self.one_grid else self.source(chunk)[0]
         e, model_flags = self.model.embedding(chunk, xp, self.detectors.embedding)
         sampled = self.model.features.xp == "sampled"
         flag = (input_flags(xp, sampled, model_flags) | archive_flags(chunk)
@@ -249,7 +256,7 @@ class Flagger:
         scores["recon_chi2"], scores["recon_pct"] = np.full(n, np.nan), np.full(n, np.nan)
         g_from_xp = np.zeros(n, bool)
         if self.reconstructs:
-            rec = reconstruction(self.svae, self.recon_source, chunk)
+            rec = reconstruction(self.svae, chunk, recon_xp, recon_error)
             scores["recon_chi2"], scores["recon_pct"] = rec["chi2"], rec["outlier_percentile"]
             g_from_xp = rec["flags"] & FLAG_G_FROM_XP != 0
         flag |= score_flags(scores, self.options.cuts, self.reconstructs, g_from_xp)

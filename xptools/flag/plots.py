@@ -34,7 +34,6 @@ class Accumulator:
     def __init__(self, kiel: bool, cuts: dict[str, float]):
         self.cuts = cuts
         self.histograms = {name: np.zeros(len(BINS) - 1) for name in SCORES}
-        self.finite = {name: 0 for name in SCORES}
         self.kiel = kiel
         shape = (len(LOG_TEFF) - 1, len(LOGG) - 1)
         self.count = np.zeros(shape)
@@ -42,16 +41,13 @@ class Accumulator:
                                                           "gmm_pct")}
         self.scored = {name: np.zeros(shape) for name in self.sums}   # finite values
         self.failed = np.zeros(shape)
-        self.rows = 0
         self.beyond = {name: 0 for name in SCORES}
 
     def add(self, scores: dict[str, np.ndarray], flag: np.ndarray, teff=None, logg=None):
-        self.rows += len(flag)
         for name in SCORES:
             pct = scores[name]
             ok = np.isfinite(pct)
-            self.histograms[name] += np.histogram(pct[ok], BINS)[0]
-            self.finite[name] += int(ok.sum())
+            self.histograms[name] += np.histogram(pct[ok], BINS)[0]   # 0..100: every one
             cut = self.cuts[name[:-len("_pct")]]
             self.beyond[name] += int(np.count_nonzero(pct[ok] < cut if name in LOW_IS_UNUSUAL
                                                       else pct[ok] > cut))
@@ -96,7 +92,7 @@ def percentile_figure(summary: Accumulator, title: str):
     centres = (BINS[:-1] + BINS[1:]) / 2
     width = np.diff(BINS)
     for ax, (name, what) in zip(axes, SCORES.items()):
-        n = max(summary.finite[name], 1)
+        n = max(summary.histograms[name].sum(), 1)
         density = summary.histograms[name] / n / width * 100   # % of stars per 1% percentile
         ax.bar(centres, density, width=width, color="#3b6fb6", alpha=0.7, label="input")
         ax.axhline(1.0, color="k", lw=1, ls="--", label="reference")

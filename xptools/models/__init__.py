@@ -9,6 +9,8 @@ A model is a directory:
     validation.json      the final validation report (when trained with xptools train)
     calibration.json     what `xptools calibrate -o` measured (the calibration itself is
                          config.json's ``calibration`` section, applied by `xptools infer`)
+    detectors.safetensors  the out-of-distribution detectors of `xptools flag` as arrays
+                         (config.json's ``detectors`` section says what they read)
 
 `load(path)` checks the config and that the weights match what the config builds, and fails
 with one clear line otherwise. The shipped default models live in ``xptools/data/``.
