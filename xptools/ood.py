@@ -83,7 +83,7 @@ class IsolationForest:
         self.left, self.right = left.astype(np.int64), right.astype(np.int64)
         self.feature, self.threshold = feature.astype(np.int64), threshold
         self.samples = samples
-        self.max_samples = int(max_samples)
+        self.max_samples = int(np.asarray(max_samples).ravel()[0])   # (an array when loaded)
 
     @classmethod
     def fit(cls, e: np.ndarray, seed: int) -> "IsolationForest":
@@ -314,20 +314,19 @@ class Detectors:
 
     @classmethod
     def from_arrays(cls, config: dict, arrays: dict[str, np.ndarray], file: str) -> "Detectors":
+        def part(name: str) -> dict[str, np.ndarray]:
+            return {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(name + ".")}
+
         try:
             detectors, references, photometry = {}, {}, None
-            for name, kind in (*DETECTORS.items(), ("photometry", PhotometricConsistency)):
-                part = {k.split(".", 1)[1]: v for k, v in arrays.items()
-                        if k.startswith(name + ".")}
-                if name == "photometry" and not part:
-                    continue
-                references[name] = Reference(part.pop("reference"))
-                if kind is IsolationForest:
-                    part["max_samples"] = int(part["max_samples"][0])
-                if kind is PhotometricConsistency:
-                    photometry = kind(**part)
-                else:
-                    detectors[name] = kind(**part)
+            for name, kind in DETECTORS.items():
+                values = part(name)
+                references[name] = Reference(values.pop("reference"))
+                detectors[name] = kind(**values)
+            values = part("photometry")
+            if values:   # (a model without magnitudes in its training table has none)
+                references["photometry"] = Reference(values.pop("reference"))
+                photometry = PhotometricConsistency(**values)
             info = {k: v for k, v in config.items() if k not in ("embedding", "label_range")}
             return cls(config["embedding"], detectors, references,
                        dict(config.get("label_range", {})), info, photometry)
