@@ -289,9 +289,29 @@ def test_list_lengths_that_differ_are_one_line(tmp_path, monkeypatch):
 
 
 def test_unreadable_column_type_is_one_line(tmp_path):
-    path = tmp_path / "struct.parquet"
-    pq.write_table(pa.table({"s": pa.array([{"a": 1}, {"a": 2}])}), path)
-    assert_one_line_error(run("info", path), "column 's'", "struct")
+    path = tmp_path / "map.parquet"
+    pq.write_table(pa.table({"m": pa.array([[("a", 1)], [("b", 2)]],
+                                           type=pa.map_(pa.string(), pa.int64()))}), path)
+    assert_one_line_error(run("info", path), "column 'm'", "map")
+
+
+def test_struct_fields_are_columns(tmp_path):
+    """Nested columns (HATS, the Multimodal Universe): each field a column under its own name,
+    or parent.field where the name is taken; a null struct is null in every field."""
+    path = tmp_path / "nested.parquet"
+    coeff = pa.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], pa.list_(pa.float32()))
+    nested = pa.StructArray.from_arrays([coeff, coeff], names=["coeff", "coeff_error"],
+                                        mask=pa.array([False, True, False]))
+    phot = pa.StructArray.from_arrays([pa.array([10.0, 11.0, 12.0]),
+                                       pa.array([7, 8, 9], pa.int32())],
+                                      names=["phot_g_mean_mag", "ra"])
+    pq.write_table(pa.table({"ra": [1.0, 2.0, 3.0], "spectral_coefficients": nested,
+                             "photometry": phot}), path)
+    t = read_table(str(path))
+    assert t.colnames == ["ra", "coeff", "coeff_error", "phot_g_mean_mag", "photometry.ra"]
+    np.testing.assert_array_equal(t["coeff"], [[1, 2], [np.nan, np.nan], [5, 6]])
+    np.testing.assert_array_equal(t["photometry.ra"], [7, 8, 9])
+    np.testing.assert_array_equal(t["ra"], [1, 2, 3])
 
 
 @pytest.mark.parametrize("case", ["empty", "truncated", "not_parquet"])

@@ -17,6 +17,7 @@ import typer
 
 from xptools import __version__, flags
 from xptools.errors import NotImplementedYet, UserError
+from xptools.threads import cpu_threads, torch_with
 
 app = typer.Typer(
     name="xptools",
@@ -47,6 +48,25 @@ STRICT = typer.Option(False, "--strict", help="Fail on NaN or infinite coefficie
                       "of flagging the row.")
 COEFFICIENT_CHUNK_ROWS = typer.Option(None, "--chunk-rows", min=1,
                                       help="Rows per chunk (memory vs speed).")
+# ... and by the row-wise commands, which also run over HATS catalogues (docs/scale.md)
+ROWS_OUTPUT = typer.Option("-", "-o", "--output", help="Output file; '-' (default) is stdout. "
+                           "With a HATS catalogue as input, a folder: the output catalogue.")
+WORKERS = typer.Option(None, "--workers", min=1, help="With a HATS catalogue: run its "
+                       "partitions on a local Dask cluster of N worker processes.")
+SCHEDULER = typer.Option(None, "--scheduler", metavar="ADDRESS", help="With a HATS "
+                         "catalogue: run its partitions on the Dask cluster whose scheduler "
+                         "is at ADDRESS (e.g. tcp://10.0.0.1:8786).")
+CATALOGUE = " or a HATS catalogue (folder or URL)"
+
+
+def run_rows(command: str, prepare: str, options: dict, input: str, output: str, *,
+             format, input_format, overwrite, quiet, workers, scheduler, torch=False) -> dict:
+    """A row-wise command over a table or a HATS catalogue (xptools.scale decides which)."""
+    from xptools import scale
+
+    return scale.run(scale.Job(command, prepare, options, torch), input, output,
+                     format=format, input_format=input_format, overwrite=overwrite,
+                     quiet=quiet, workers=workers, scheduler=scheduler)
 
 
 def model_option(shipped: str) -> typer.models.OptionInfo:
@@ -111,32 +131,6 @@ def _stdout_gone() -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _torch(threads: int):
-    """torch, imported for a model command, with ``threads`` CPU threads and Intel MKL in its
-    reproducible mode (fixed reductions and static scheduling, unless $MKL_CBWR says
-    otherwise): without it MKL does not promise equal results from run to run, which
-    `--seed` needs. MKL's reproducibility conditions also ask for a fixed thread count, so
-    neither MKL nor OpenMP may change it at run time (MKL_DYNAMIC, OMP_DYNAMIC)."""
-    os.environ.setdefault("MKL_CBWR", "AUTO")    # read when MKL starts, i.e. at import
-    os.environ.setdefault("MKL_DYNAMIC", "FALSE")
-    os.environ.setdefault("OMP_DYNAMIC", "FALSE")
-    import torch
-
-    torch.set_num_threads(threads)
-    return torch
-
-
-def _threads() -> int:
-    """CPU threads for model commands: $XPTOOLS_THREADS, else every core."""
-    value = os.environ.get("XPTOOLS_THREADS", "")
-    if value.strip():
-        try:
-            return max(1, int(value))
-        except ValueError:
-            raise UserError(f"XPTOOLS_THREADS={value!r} is not a number of threads") from None
-    return os.cpu_count() or 1
-
-
 def _version(value: bool) -> None:
     if value:
         print(f"xptools {__version__}")
@@ -151,11 +145,12 @@ def main_options(
     """Gaia DR3 BP/RP (XP) spectra from the command line."""
 
 
-@app.command()
+@app.command(epilog=flags.help_text("sample"))
 @handles_errors("sample")
 def sample(
-    input: str = typer.Argument(..., help="Table of XP continuous spectra ('-' for stdin)."),
-    output: str = OUTPUT,
+    input: str = typer.Argument(..., help="Table of XP continuous spectra ('-' for stdin)"
+                                + CATALOGUE + "."),
+    output: str = ROWS_OUTPUT,
     grid: Optional[str] = typer.Option(
         None, "--grid", help="Sampling grid START:STOP:STEP, STOP included (nm; with "
         "--internal pseudo-wavelength). Default: GaiaXPy's, 336:1020:2 nm or 600 samples "
@@ -175,6 +170,8 @@ def sample(
                                            help="Keep the input coefficient columns."),
     strict: bool = STRICT,
     chunk_rows: Optional[int] = COEFFICIENT_CHUNK_ROWS,
+    workers: Optional[int] = WORKERS,
+    scheduler: Optional[str] = SCHEDULER,
     format: Optional[str] = FORMAT,
     input_format: Optional[str] = INPUT_FORMAT,
     overwrite: bool = OVERWRITE,
@@ -186,11 +183,7 @@ def sample(
     Adds flux, flux_error (W m-2 nm-1) and sample_flag; with --internal bp_flux, bp_flux_error,
     rp_flux, rp_flux_error (e-/s). Other input columns pass through.
     """
-    import numpy as np
-
-    from xptools.io import TableWriter, open_table
-    from xptools.progress import print_warning
-    from xptools.sampling import parse_grid, read_grid_file, run_sample
+    from xptools.sampling import parse_grid, read_grid_file
 
     bands = {"both": ("bp", "rp"), "bp": ("bp",), "rp": ("rp",)}.get(band.lower())
     if bands is None:
@@ -200,14 +193,12 @@ def sample(
     if grid and grid_file:
         raise UserError("give --grid or --grid-file, not both")
     values = parse_grid(grid) if grid else read_grid_file(grid_file) if grid_file else None
-    with TableWriter(output, format, overwrite, write_behind=True) as out, \
-            open_table(input, input_format) as src:
-        if covariance and out.format not in ("fits", "hdf5"):
-            raise UserError(f"--covariance needs FITS or HDF5 output, not {out.format}")
-        run_sample(src, out, grid=values, internal=internal, truncate=truncate,
-                   covariance=covariance, bands=bands, dtype=np.dtype(dtype),
-                   keep_coefficients=keep_coefficients, strict=strict, chunk_rows=chunk_rows,
-                   quiet=quiet, warn=(lambda m: None) if quiet else print_warning)
+    run_rows("sample", "xptools.sampling:prepare",
+             dict(grid=None if values is None else values.tolist(), internal=internal,
+                  truncate=truncate, covariance=covariance, bands=bands, dtype=dtype,
+                  keep_coefficients=keep_coefficients, strict=strict, chunk_rows=chunk_rows),
+             input, output, format=format, input_format=input_format, overwrite=overwrite,
+             quiet=quiet, workers=workers, scheduler=scheduler)
 
 
 @app.command()
@@ -353,7 +344,7 @@ def train(
 ) -> None:
     """Train a model (msa from a table with labels, svae from spectra alone); prints the
     validation report."""
-    _torch(_threads())
+    torch_with(cpu_threads())
     from xptools.train import run_train
 
     run_train(model, train_file, output,
@@ -367,11 +358,13 @@ def train(
 @handles_errors("infer")
 def infer(
     input: str = typer.Argument(..., help="Table of XP spectra, sampled or coefficients "
-                                "('-' for stdin)."),
-    output: str = OUTPUT,
+                                "('-' for stdin)" + CATALOGUE + "."),
+    output: str = ROWS_OUTPUT,
     model: Optional[str] = model_option("msa-apogee"),
     prefix: Optional[str] = prefix_option("e.g. msa gives msa_teff, ..."),
     chunk_rows: int = CHUNK_ROWS,
+    workers: Optional[int] = WORKERS,
+    scheduler: Optional[str] = SCHEDULER,
     format: Optional[str] = FORMAT,
     input_format: Optional[str] = INPUT_FORMAT,
     overwrite: bool = OVERWRITE,
@@ -379,18 +372,13 @@ def infer(
     verbose: bool = VERBOSE,
 ) -> None:
     """Stellar labels with uncertainties (and infer_flag) for every row; columns pass through."""
-    _torch(_threads())
-    from xptools import models
-    from xptools.infer import run_infer
-    from xptools.io import TableWriter, open_table
+    torch_with(cpu_threads())
     from xptools.progress import print_warning
 
-    with TableWriter(output, format, overwrite, write_behind=True) as out, \
-            open_table(input, input_format) as src:
-        loaded = models.load(model or models.default_path("infer"))
-        if not hasattr(loaded, "predict"):
-            raise UserError(f"{model}: a {loaded.kind} model does not predict labels")
-        counts = run_infer(src, out, loaded, prefix=prefix, chunk_rows=chunk_rows, quiet=quiet)
+    counts = run_rows("infer", "xptools.infer:prepare",
+                      dict(model=model, prefix=prefix, chunk_rows=chunk_rows), input, output,
+                      format=format, input_format=input_format, overwrite=overwrite,
+                      quiet=quiet, workers=workers, scheduler=scheduler, torch=True)
     if counts["unusable"] and not quiet:
         print_warning(f"{counts['unusable']} of {counts['rows']} rows had nothing to predict "
                       f"from: NaN labels, see infer_flag")
@@ -514,11 +502,13 @@ def crossmatch(
 @handles_errors("embed")
 def embed(
     input: str = typer.Argument(..., help="Table of XP spectra, sampled or coefficients "
-                                "('-' for stdin)."),
-    output: str = OUTPUT,
+                                "('-' for stdin)" + CATALOGUE + "."),
+    output: str = ROWS_OUTPUT,
     model: Optional[str] = model_option("svae-apogee"),
     prefix: Optional[str] = prefix_option("e.g. svae gives svae_z, ..."),
     chunk_rows: int = CHUNK_ROWS,
+    workers: Optional[int] = WORKERS,
+    scheduler: Optional[str] = SCHEDULER,
     format: Optional[str] = FORMAT,
     input_format: Optional[str] = INPUT_FORMAT,
     overwrite: bool = OVERWRITE,
@@ -526,14 +516,12 @@ def embed(
     verbose: bool = VERBOSE,
 ) -> None:
     """Latent coordinates z, z_error (and embed_flag) of every spectrum; columns pass through."""
-    from xptools.embed import run_embed
-    from xptools.io import TableWriter, open_table
     from xptools.progress import print_warning
 
-    with TableWriter(output, format, overwrite, write_behind=True) as out, \
-            open_table(input, input_format) as src:
-        loaded = _latent_model(model, "embed")
-        counts = run_embed(src, out, loaded, prefix=prefix, chunk_rows=chunk_rows, quiet=quiet)
+    counts = run_rows("embed", "xptools.embed:prepare",
+                      dict(model=model, prefix=prefix, chunk_rows=chunk_rows), input, output,
+                      format=format, input_format=input_format, overwrite=overwrite,
+                      quiet=quiet, workers=workers, scheduler=scheduler)
     if counts["unusable"] and not quiet:
         print_warning(f"{counts['unusable']} of {counts['rows']} rows had no complete spectrum: "
                       f"NaN z, see embed_flag")
@@ -544,8 +532,9 @@ def embed(
 def generate(
     input: Optional[str] = typer.Argument(None, metavar="[LATENTS | IN]",
                                           help="Table with a z column ('-' for stdin); with "
-                                               "--reconstruct, a table of XP spectra."),
-    output: str = OUTPUT,
+                                               "--reconstruct, a table of XP spectra; either"
+                                               + CATALOGUE + "."),
+    output: str = ROWS_OUTPUT,
     model: Optional[str] = model_option("svae-apogee"),
     z: Optional[str] = typer.Option(None, "--z", help="A grid of latents instead of a table: "
                                     "one comma-separated entry per dimension, a number or "
@@ -555,6 +544,8 @@ def generate(
     z_column: str = typer.Option("z", "--z-column", help="Column of LATENTS holding z."),
     prefix: Optional[str] = prefix_option("other than flux and flux_scatter"),
     chunk_rows: int = CHUNK_ROWS,
+    workers: Optional[int] = WORKERS,
+    scheduler: Optional[str] = SCHEDULER,
     format: Optional[str] = FORMAT,
     input_format: Optional[str] = INPUT_FORMAT,
     overwrite: bool = OVERWRITE,
@@ -563,8 +554,6 @@ def generate(
 ) -> None:
     """Spectra (flux, flux_scatter) decoded from latents, or reconstructions with chi2 and an
     outlier percentile (--reconstruct)."""
-    from xptools.generate import latent_grid, run_generate, run_reconstruct
-    from xptools.io import TableWriter, open_table
     from xptools.progress import print_warning
 
     if (input is None) == (z is None):
@@ -572,33 +561,26 @@ def generate(
                         "one of them")
     if reconstruct and input is None:
         raise UserError("--reconstruct needs a table of XP spectra")
-    with TableWriter(output, format, overwrite, write_behind=True) as out:
-        loaded = _latent_model(model, "generate")
-        if z is not None:
+    if z is not None:
+        from xptools import models
+        from xptools.generate import latent_grid, run_generate
+        from xptools.io import TableWriter
+
+        if workers or scheduler:
+            raise UserError("--workers and --scheduler run over a HATS catalogue, not --z")
+        with TableWriter(output, format, overwrite, write_behind=True) as out:
+            loaded = models.load_latent(model, "generate")
             run_generate(None, out, loaded, grid=latent_grid(z, loaded.latent), quiet=quiet)
-            return
-        with open_table(input, input_format) as src:
-            if reconstruct:
-                counts = run_reconstruct(src, out, loaded, prefix=prefix,
-                                         chunk_rows=chunk_rows, quiet=quiet)
-            else:
-                counts = run_generate(src, out, loaded, grid=None, z_column=z_column,
-                                      prefix=prefix, chunk_rows=chunk_rows, quiet=quiet)
+        return
+    counts = run_rows("generate", "xptools.generate:prepare",
+                      dict(model=model, reconstruct=reconstruct, z_column=z_column,
+                           prefix=prefix, chunk_rows=chunk_rows), input, output,
+                      format=format, input_format=input_format, overwrite=overwrite,
+                      quiet=quiet, workers=workers, scheduler=scheduler)
     if counts["unusable"] and not quiet:
         print_warning(f"{counts['unusable']} of {counts['rows']} rows had "
                       f"{'no complete spectrum' if reconstruct else 'no finite z'}: NaN "
                       f"output, see generate_flag")
-
-
-def _latent_model(path: Optional[str], command: str):
-    """A model with a latent space (the scatter VAE), loaded on one thread."""
-    _torch(1)  # the encoder and decoders are tiny: threads only add overhead
-    from xptools import models
-
-    loaded = models.load(path or models.default_path(command))
-    if not hasattr(loaded, "embed"):
-        raise UserError(f"{path}: a {loaded.kind} model has no latent space (use an svae model)")
-    return loaded
 
 
 @app.command()
@@ -656,7 +638,12 @@ def plot(
     chosen = parse_rows(rows) if rows is not None else None
     row_filter = RowFilter(where) if where is not None else None
     target = ImageTarget(output, format, overwrite)
-    loaded = _latent_model(model, "generate") if reconstruct else None
+    if reconstruct:
+        from xptools import models
+
+        loaded = models.load_latent(model, "generate")
+    else:
+        loaded = None
     with open_table(input, input_format) as src:
         run_plot(src, target, rows=chosen, where=row_filter,
                  spectra=not kiel or spectra or reconstruct, kiel=kiel, prefix=prefix,
@@ -668,7 +655,7 @@ def plot(
 @handles_errors("photometry")
 def photometry(
     input: Optional[str] = typer.Argument(None, metavar="IN", help="Table of XP continuous "
-                                          "spectra ('-' for stdin)."),
+                                          "spectra ('-' for stdin)" + CATALOGUE + "."),
     system: Optional[list[str]] = typer.Option(
         None, "--system", "-s", help="Photometric systems, GaiaXPy's names, comma-separated "
         "or repeated (e.g. JKC_Std,SDSS_Std; any case). --list shows them."),
@@ -682,7 +669,9 @@ def photometry(
                                            "coefficient, error and correlation columns out."),
     strict: bool = STRICT,
     chunk_rows: Optional[int] = COEFFICIENT_CHUNK_ROWS,
-    output: str = OUTPUT,
+    workers: Optional[int] = WORKERS,
+    scheduler: Optional[str] = SCHEDULER,
+    output: str = ROWS_OUTPUT,
     format: Optional[str] = FORMAT,
     input_format: Optional[str] = INPUT_FORMAT,
     overwrite: bool = OVERWRITE,
@@ -695,9 +684,7 @@ def photometry(
     nm-1, or W m-2 Hz-1 for AB systems) per system, and photometry_flag. All input columns
     pass through. See docs/photometry.md.
     """
-    from xptools.io import TableWriter, open_table
-    from xptools.progress import print_warning
-    from xptools.synthetic import describe_systems, find_systems, run_photometry
+    from xptools.synthetic import describe_systems, find_systems
 
     if list_systems:
         if input is not None or system:
@@ -707,21 +694,22 @@ def photometry(
     if input is None or not system:
         raise UserError("give a table of XP coefficients and --system NAME[,NAME...] "
                         "(or --list to see the systems)")
-    systems = find_systems([n for value in system for n in value.split(",") if n.strip()])
-    with TableWriter(output, format, overwrite, write_behind=True) as out, \
-            open_table(input, input_format) as src:
-        run_photometry(src, out, systems, error_correction=error_correction,
-                       truncate=truncate, strict=strict, drop_coefficients=drop_coefficients,
-                       chunk_rows=chunk_rows, quiet=quiet,
-                       warn=(lambda m: None) if quiet else print_warning)
+    names = [s.name for s in find_systems([n for value in system for n in value.split(",")
+                                           if n.strip()])]
+    run_rows("photometry", "xptools.synthetic:prepare",
+             dict(systems=names, error_correction=error_correction, truncate=truncate,
+                  strict=strict, drop_coefficients=drop_coefficients, chunk_rows=chunk_rows),
+             input, output, format=format, input_format=input_format, overwrite=overwrite,
+             quiet=quiet, workers=workers, scheduler=scheduler)
 
 
 @app.command(epilog=flags.help_text("flag"))
 @handles_errors("flag")
 def flag(
     input: str = typer.Argument(..., metavar="IN", help="Table of XP spectra, sampled or "
-                                "coefficients, with or without infer's labels ('-' for stdin)."),
-    output: str = OUTPUT,
+                                "coefficients, with or without infer's labels ('-' for stdin)"
+                                + CATALOGUE + "."),
+    output: str = ROWS_OUTPUT,
     model: Optional[str] = typer.Option(None, "--model", help="Model directory whose "
                                         "out-of-distribution detectors score the rows "
                                         "(default: the shipped msa-apogee)."),
@@ -745,6 +733,8 @@ def flag(
                                         "figures there: percentile distributions, and the "
                                         "Kiel diagram when the table has infer's labels."),
     chunk_rows: int = CHUNK_ROWS,
+    workers: Optional[int] = WORKERS,
+    scheduler: Optional[str] = SCHEDULER,
     format: Optional[str] = FORMAT,
     input_format: Optional[str] = INPUT_FORMAT,
     overwrite: bool = OVERWRITE,
@@ -754,20 +744,20 @@ def flag(
     """Quality and out-of-distribution flags for every row: the ood_* and recon_chi2
     scores with their percentiles, and one bitmask xp_flag. Keep xp_flag < 64 for basic
     reliability, xp_flag == 0 for the strict sample. Columns pass through. See docs/flag.md."""
-    _torch(_threads())
-    from xptools.flag import FlagOptions, load_models, run_flag, write_plots
+    torch_with(cpu_threads())
+    from xptools.flag import FlagOptions, write_plots
     from xptools.flag.plots import FILES
-    from xptools.io import TableWriter, open_table
     from xptools.io.atomic import check_folder
 
-    options = FlagOptions.parse(cuts, sigma_max, quality, prefix=prefix,
-                                infer_prefix=infer_prefix)
+    FlagOptions.parse(cuts, sigma_max, quality)   # a bad option fails before any work
     if plots is not None:
         check_folder(plots, FILES, overwrite, "--plots")
-    with TableWriter(output, format, overwrite, write_behind=True) as out, \
-            open_table(input, input_format) as src:
-        loaded, recon = load_models(model, svae)
-        counts = run_flag(src, out, loaded, recon, options, chunk_rows=chunk_rows, quiet=quiet)
+    counts = run_rows("flag", "xptools.flag:prepare",
+                      dict(model=model, svae=svae, cuts=cuts, sigma_max=sigma_max,
+                           quality=quality, prefix=prefix, infer_prefix=infer_prefix,
+                           chunk_rows=chunk_rows), input, output, format=format,
+                      input_format=input_format, overwrite=overwrite, quiet=quiet,
+                      workers=workers, scheduler=scheduler, torch=True)
     if plots is not None:
         write_plots(plots, counts["summary"],
                     "stdin" if input == "-" else os.path.basename(input), overwrite)
@@ -779,6 +769,45 @@ def flag(
               f"({100 * counts['basic'] / rows:.1f}%) pass xp_flag < 64, {counts['strict']} "
               f"({100 * counts['strict'] / rows:.1f}%) have xp_flag == 0, "
               f"{counts['unscored']} could not be scored{labels}", file=sys.stderr)
+
+
+@app.command("hats-import")
+@handles_errors("hats-import")
+def hats_import(
+    inputs: list[str] = typer.Argument(..., metavar="IN...", help="Tables with one schema "
+                                       "(e.g. fetch outputs or bulk files)."),
+    output: str = typer.Option(..., "-o", "--output", help="The catalogue folder to make."),
+    ra: str = typer.Option("ra", "--ra", help="Right ascension column (deg)."),
+    dec: str = typer.Option("dec", "--dec", help="Declination column (deg)."),
+    max_rows: int = typer.Option(1_000_000, "--max-rows", min=1, help="At most this many rows "
+                                 "per partition (partitions are merged up to it)."),
+    order: Optional[int] = typer.Option(None, "--order", min=0, help="Every partition at this "
+                                        "HEALPix order instead of --max-rows."),
+    highest_order: int = typer.Option(10, "--highest-order", min=0, max=13, help="The "
+                                      "smallest partitions' HEALPix order."),
+    from_source_id: bool = typer.Option(False, "--positions-from-source-id", help="Tables "
+                                        "without positions (Gaia bulk XP files): place rows "
+                                        "by the HEALPix level-12 pixel in their Gaia "
+                                        "source_id, and add ra, dec at its centre."),
+    name: Optional[str] = typer.Option(None, "--name", help="Catalogue name (default: the "
+                                       "folder's)."),
+    chunk_rows: int = typer.Option(100_000, "--chunk-rows", min=1, help="Rows per chunk."),
+    input_format: Optional[str] = INPUT_FORMAT,
+    overwrite: bool = OVERWRITE,
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Tables -> a HATS catalogue (HEALPix-partitioned Parquet), for sample, infer, embed,
+    generate, flag and photometry on Dask, and for LSDB. See docs/scale.md."""
+    from xptools.scale.hats_import import run_import
+
+    counts = run_import(inputs, output, ra=ra, dec=dec, max_rows=max_rows, order=order,
+                        highest_order=highest_order, from_source_id=from_source_id, name=name,
+                        input_format=input_format,
+                        chunk_rows=chunk_rows, overwrite=overwrite, quiet=quiet)
+    if not quiet:
+        print(f"xptools hats-import: {output}: {counts['rows']} rows in "
+              f"{counts['partitions']} partitions", file=sys.stderr)
 
 
 @app.command(epilog="See docs/calibrate.md: what each diagnostic means, with pictures.")
@@ -854,7 +883,7 @@ def calibrate(
     outputs = {"plots": plots, "report": report, "output": output}
     check_outputs(outputs, overwrite)
     if output is not None:
-        _torch(1)
+        torch_with(1)
     with open_table(labeled, input_format) as src:
         if reference is None:
             result = run_calibrate(src, None, opts, warn)

@@ -19,6 +19,14 @@ from xptools.progress import progress
 from xptools.provenance import stamp
 
 
+def prepare(model: str | None = None, prefix: str | None = None, chunk_rows: int = 20_000):
+    """`xptools embed` as a job (`xptools.scale`): the model loaded once, then
+    ``run(src, out, quiet, warn)`` per table."""
+    loaded = models.load_latent(model, "embed")
+    return lambda src, out, quiet, warn: run_embed(src, out, loaded, prefix=prefix,
+                                                   chunk_rows=chunk_rows, quiet=quiet)
+
+
 def run_embed(src: InputTable, out: TableWriter, model, *, prefix: str | None = None,
               chunk_rows: int = 20_000, quiet: bool = False) -> dict:
     names = models.column_names(prefix, ["z", "z_error", "embed_flag"])

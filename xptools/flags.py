@@ -73,10 +73,25 @@ def description(command: str) -> str:
     return f"bitmask; the bits: xptools {command} --help"
 
 
+# sample_flag of `xptools sample` (xptools.sampling)
+SAMPLE_NO_BP = 1
+SAMPLE_NO_RP = 2
+SAMPLE_DIAGONAL = 4
+_DIAGONAL = ("the input has no coefficient correlations (e.g. the Multimodal Universe's "
+             "coeff/coeff_error): the flux errors use the diagonal of the coefficient "
+             "covariance only, as the header's XPERRCOR = 'diagonal' says")
+BITS["sample"] = {
+    SAMPLE_NO_BP: "no usable BP spectrum (missing, or NaN/infinite coefficients or errors): "
+                  "NaN where BP contributes",
+    SAMPLE_NO_RP: "no usable RP spectrum: NaN where RP contributes",
+    SAMPLE_DIAGONAL: _DIAGONAL,
+}
+
 # photometry_flag of `xptools photometry` (xptools.synthetic): bits 1 and 2 are sample_flag's
 PHOTOMETRY_NO_BP = 1
 PHOTOMETRY_NO_RP = 2
 PHOTOMETRY_NO_MAGNITUDE = 4
+PHOTOMETRY_DIAGONAL = 8
 BITS["photometry"] = {
     PHOTOMETRY_NO_BP: "no usable BP spectrum (missing, or NaN/infinite coefficients or "
                       "errors): every magnitude, flux and flux error of the row is NaN, as in "
@@ -85,6 +100,7 @@ BITS["photometry"] = {
     PHOTOMETRY_NO_MAGNITUDE: "a band's flux is zero or negative (its magnitude is NaN; the "
                              "flux and error are kept), or a colour-corrected band (JKC_Std "
                              "U, SDSS_Std u) lacks its colour (all three NaN)",
+    PHOTOMETRY_DIAGONAL: _DIAGONAL,
 }
 
 

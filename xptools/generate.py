@@ -141,6 +141,19 @@ def run_generate(src: InputTable | None, out: TableWriter, model, *, grid: np.nd
     return counts
 
 
+def prepare(model: str | None = None, reconstruct: bool = False, z_column: str = "z",
+            prefix: str | None = None, chunk_rows: int = 20_000):
+    """`xptools generate` over a table (of latents, or of spectra with ``reconstruct``) as a
+    job (`xptools.scale`): the model loaded once, then ``run(src, out, quiet, warn)``."""
+    loaded = models.load_latent(model, "generate")
+    if reconstruct:
+        return lambda src, out, quiet, warn: run_reconstruct(src, out, loaded, prefix=prefix,
+                                                             chunk_rows=chunk_rows, quiet=quiet)
+    return lambda src, out, quiet, warn: run_generate(src, out, loaded, grid=None,
+                                                      z_column=z_column, prefix=prefix,
+                                                      chunk_rows=chunk_rows, quiet=quiet)
+
+
 def run_reconstruct(src: InputTable, out: TableWriter, model, *, prefix: str | None = None,
                     chunk_rows: int = 20_000, quiet: bool = False) -> dict:
     """Encode and decode every spectrum; per-star chi2 and outlier percentile."""

@@ -35,6 +35,18 @@ def output_names(labels: list[str], prefix: str | None) -> tuple[dict[str, list[
     return columns, names["infer_flag"]
 
 
+def prepare(model: str | None = None, prefix: str | None = None, chunk_rows: int = 20_000):
+    """`xptools infer` as a job (`xptools.scale`): the model loaded once, then
+    ``run(src, out, quiet, warn)`` per table."""
+    from xptools.errors import UserError
+
+    loaded = models.load(model or models.default_path("infer"))
+    if not hasattr(loaded, "predict"):
+        raise UserError(f"{model}: a {loaded.kind} model does not predict labels")
+    return lambda src, out, quiet, warn: run_infer(src, out, loaded, prefix=prefix,
+                                                   chunk_rows=chunk_rows, quiet=quiet)
+
+
 def run_infer(src: InputTable, out: TableWriter, model, *, prefix: str | None = None,
               chunk_rows: int = 20_000, quiet: bool = False) -> dict:
     columns, flag_name = output_names(model.labels, prefix)

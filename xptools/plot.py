@@ -34,7 +34,8 @@ from xptools.errors import UserError
 from xptools.io import STDIO, InputTable, Table, concat
 from xptools.models.features import float_column
 from xptools.where import RowFilter
-from xptools.xp import BANDS, ContinuousLayout, detect_layout, preview_columns, sampled_grid
+from xptools.xp import (BANDS, CONTINUOUS, ContinuousLayout, detect_layout, preview_columns,
+                        sampled_grid)
 
 DEFAULT_SPECTRA = 5      # rows drawn when none are chosen
 MAX_SPECTRA = 20         # at most this many spectra in one image
@@ -341,7 +342,7 @@ def sampled_spectra(table: Table, rows: list[int], name: str,
                     warn: Callable[[str], None]) -> tuple[Spectra, Table]:
     """The spectra of the drawn rows (coefficients are sampled first, with errors) and the
     sampled-layout table they come from."""
-    if detect_layout(table) in ("arrays", "columns"):
+    if detect_layout(table) in CONTINUOUS:
         from xptools.sampling import run_sample
 
         out = _Collected()

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xptools import flags
 from xptools.basis import Basis, load_basis
 from xptools.errors import UserError
 from xptools.io import InputTable, TableWriter
@@ -43,8 +44,7 @@ from xptools.xp import BANDS, N_COEFFICIENTS, Band, ContinuousLayout, grid_keywo
 
 _I, _J = np.tril_indices(N_COEFFICIENTS, -1)  # the archive's packing of correlations
 
-FLAG_NO_BP = 1
-FLAG_NO_RP = 2
+FLAG_NO_BP, FLAG_NO_RP = flags.SAMPLE_NO_BP, flags.SAMPLE_NO_RP
 
 
 def pair_products(design: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -320,6 +320,25 @@ class InputChecks:
                  f"or errors (first at row {self.first}); treated as missing")
 
 
+def prepare(grid: list[float] | None = None, internal: bool = False, truncate: bool = False,
+            covariance: bool = False, bands: tuple[str, ...] = BANDS, dtype: str = "float64",
+            keep_coefficients: bool = False, strict: bool = False,
+            chunk_rows: int | None = None):
+    """`xptools sample` as a job (`xptools.scale`): ``run(src, out, quiet, warn)`` per
+    table."""
+    values = None if grid is None else np.asarray(grid, dtype=np.float64)
+
+    def run(src, out, quiet, warn) -> dict:
+        if covariance and out.format not in ("fits", "hdf5"):
+            raise UserError(f"--covariance needs FITS or HDF5 output, not {out.format}")
+        run_sample(src, out, grid=values, internal=internal, truncate=truncate,
+                   covariance=covariance, bands=tuple(bands), dtype=np.dtype(dtype),
+                   keep_coefficients=keep_coefficients, strict=strict, chunk_rows=chunk_rows,
+                   quiet=quiet, warn=warn)
+        return {}
+    return run
+
+
 def run_sample(src: InputTable, out: TableWriter, *, grid: np.ndarray | None = None,
                internal: bool = False, truncate: bool = False, covariance: bool = False,
                bands: tuple[str, ...] = BANDS, dtype=np.float64, keep_coefficients: bool = False,
@@ -357,11 +376,12 @@ def run_sample(src: InputTable, out: TableWriter, *, grid: np.ndarray | None = N
             for name in new:
                 data = columns[name]
                 if name == "sample_flag":
-                    table.add_column(name, data, description="bitmask: 1 = no usable BP, "
-                                     "2 = no usable RP")
+                    if not layout.has_correlations:
+                        data = data | np.int16(flags.SAMPLE_DIAGONAL)
+                    table.add_column(name, data, description=flags.description("sample"))
                 else:
                     table.add_column(name, data.astype(dtype, copy=False), unit=unit)
-            flagged += int(np.count_nonzero(columns["sample_flag"]))
+            flagged += int(np.count_nonzero(columns["sample_flag"] & (FLAG_NO_BP | FLAG_NO_RP)))
             out.write(table)
             offset += len(chunk)
     checks.report(warn)

@@ -453,6 +453,21 @@ def gaiaxpy_input(table, name: str = "table"):
 
 # -- the pipeline ------------------------------------------------------------------------------
 
+def prepare(systems: list[str], error_correction: bool = False, truncate: bool = False,
+            strict: bool = False, drop_coefficients: bool = False,
+            chunk_rows: int | None = None):
+    """`xptools photometry` as a job (`xptools.scale`): the systems read once, then
+    ``run(src, out, quiet, warn)`` per table."""
+    found = find_systems(systems)
+
+    def run(src, out, quiet, warn) -> dict:
+        run_photometry(src, out, found, error_correction=error_correction, truncate=truncate,
+                       strict=strict, drop_coefficients=drop_coefficients,
+                       chunk_rows=chunk_rows, quiet=quiet, warn=warn)
+        return {}
+    return run
+
+
 def run_photometry(src: InputTable, out: TableWriter, systems: list[System], *,
                    error_correction: bool = False, truncate: bool = False,
                    strict: bool = False, drop_coefficients: bool = False,
@@ -503,6 +518,8 @@ def run_photometry(src: InputTable, out: TableWriter, systems: list[System], *,
             for name, unit, description in new:
                 table.add_column(name, columns[name], unit=unit or None,
                                  description=description)
+            if not layout.has_correlations:
+                columns["photometry_flag"] |= np.int16(flags.PHOTOMETRY_DIAGONAL)
             flag = columns["photometry_flag"]
             flagged += int(np.count_nonzero(flag & (FLAG_NO_BP | FLAG_NO_RP)))
             no_magnitude += int(np.count_nonzero(flag & FLAG_NO_MAGNITUDE))

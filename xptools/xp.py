@@ -1,12 +1,19 @@
 """XP spectra in the Gaia archive's table layouts.
 
-Continuous spectra (the 55 + 55 Hermite coefficients per source) come in two layouts:
+Continuous spectra (the 55 + 55 Hermite coefficients per source) come in three layouts:
 
 - ``arrays``: ``bp_coefficients[55]``, ``bp_coefficient_errors[55]``,
   ``bp_coefficient_correlations[1485]``, ``bp_standard_deviation``, ``bp_n_relevant_bases``,
   and the same for ``rp_`` (the archive's XP_CONTINUOUS product, GaiaXPy's input);
 - ``columns``: one column per coefficient, ``bp_coeff_0`` .. ``bp_coeff_54`` with errors
-  ``e_bp_coeff_0`` .. (the archive's "one column per element" DataLink option), no correlations.
+  ``e_bp_coeff_0`` .. (the archive's "one column per element" DataLink option), no correlations;
+- ``packed``: ``coeff[110]`` and ``coeff_error[110]``, BP's 55 then RP's, no correlations (the
+  Multimodal Universe's Gaia catalogue, whose nested ``spectral_coefficients`` column the
+  Parquet reader unpacks into these two columns).
+
+Without correlations, sampled flux errors come from the diagonal of the coefficient covariance
+only: `sample` and `photometry` say so in the header (XPERRCOR = 'diagonal'), in a warning and
+in a bit of their flag column.
 
 Sampled spectra: ``flux[N]`` and ``flux_error[N]`` on a wavelength grid given by the header
 keywords WAVEMIN/WAVEMAX (N equally spaced samples) or WAVEGRID (the N values, comma-separated),
@@ -27,6 +34,8 @@ from xptools.errors import UserError
 from xptools.io import Table
 
 BANDS = ("bp", "rp")
+CONTINUOUS = ("arrays", "columns", "packed")   # the layouts of continuous spectra
+PACKED = ("coeff", "coeff_error")              # the packed layout's columns
 N_COEFFICIENTS = 55
 N_CORRELATIONS = N_COEFFICIENTS * (N_COEFFICIENTS - 1) // 2
 DEFAULT_GRID = np.arange(336.0, 1021.0, 2.0)  # GaiaXPy's default absolute sampling, nm
@@ -68,11 +77,13 @@ def per_coefficient_columns(band: str) -> tuple[list[str], list[str]]:
 
 
 def detect_layout(schema: Table) -> str | None:
-    """'arrays', 'columns' (continuous), 'sampled', or None."""
+    """'arrays', 'columns', 'packed' (continuous), 'sampled', or None."""
     if any(f"{b}_coefficients" in schema for b in BANDS):
         return "arrays"
     if any(f"{b}_coeff_0" in schema for b in BANDS):
         return "columns"
+    if PACKED[0] in schema:
+        return "packed"
     if "flux" in schema:
         return "sampled"
     return None
@@ -92,10 +103,17 @@ class ContinuousLayout:
                  why_both: str | None = None):
         self.name = name
         self.kind = detect_layout(schema)
-        if self.kind not in ("arrays", "columns"):
+        self.schema = schema
+        if self.kind not in CONTINUOUS:
             raise UserError(f"{name}: no XP continuous spectra (expected bp_coefficients/"
-                            f"rp_coefficients arrays or bp_coeff_0.. columns; found "
-                            f"{preview_columns(schema.colnames)})")
+                            f"rp_coefficients arrays, bp_coeff_0.. columns or coeff/"
+                            f"coeff_error arrays; found {preview_columns(schema.colnames)})")
+        if self.kind == "packed":   # both bands in one array: a missing one is NaN or zero
+            for column in PACKED:
+                _require(schema, column, name)
+                _check_width(schema, column, 2 * N_COEFFICIENTS, name)
+            self.bands, self.consumed, self.has_correlations = list(BANDS), list(PACKED), False
+            return
         first = lambda b: f"{b}_coefficients" if self.kind == "arrays" else f"{b}_coeff_0"
         self.bands = [b for b in BANDS if first(b) in schema]
         for band in bands or ():
@@ -126,7 +144,6 @@ class ContinuousLayout:
                     _require(schema, col, name)
                 self.consumed += values + errors
                 self.has_correlations = False
-        self.schema = schema
 
     def has_column(self, role: str) -> bool:
         return all(array_columns(b)[role] in self.schema for b in self.bands)
@@ -136,7 +153,15 @@ class ContinuousLayout:
         if band not in self.bands:
             return None
         cols = array_columns(band)
-        if self.kind == "arrays":
+        if self.kind == "packed":
+            half = slice(0, N_COEFFICIENTS) if band == "bp" else slice(N_COEFFICIENTS, None)
+            width = 2 * N_COEFFICIENTS
+            coefficients = np.asarray(_cells(chunk, PACKED[0], width, self.name)[:, half],
+                                      dtype=np.float64)
+            errors = np.asarray(_cells(chunk, PACKED[1], width, self.name)[:, half],
+                                dtype=np.float64)
+            correlations = None
+        elif self.kind == "arrays":
             k = N_COEFFICIENTS
             coefficients = np.asarray(_cells(chunk, cols["coefficients"], k, self.name),
                                       dtype=np.float64)

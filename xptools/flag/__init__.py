@@ -292,15 +292,28 @@ class Flagger:
         return table
 
 
+def prepare(model: str | None = None, svae: str | None = None, cuts: str | None = None,
+            sigma_max: str | None = None, quality: str | None = None, prefix: str | None = None,
+            infer_prefix: str | None = None, chunk_rows: int = 20_000):
+    """`xptools flag` as a job (`xptools.scale`): options parsed and models loaded once, then
+    ``run(src, out, quiet, warn)`` per table."""
+    options = FlagOptions.parse(cuts, sigma_max, quality, prefix=prefix,
+                                infer_prefix=infer_prefix)
+    loaded, recon = load_models(model, svae)
+    return lambda src, out, quiet, warn: run_flag(src, out, loaded, recon, options,
+                                                  chunk_rows=chunk_rows, quiet=quiet,
+                                                  warn=warn)
+
+
 def run_flag(src: InputTable, out: TableWriter, model, svae, options: FlagOptions, *,
-             chunk_rows: int = 20_000, quiet: bool = False) -> dict:
+             chunk_rows: int = 20_000, quiet: bool = False, warn=None) -> dict:
     from xptools.flag.plots import Accumulator
+    from xptools.progress import print_warning
 
+    warn = warn or ((lambda m: None) if quiet else print_warning)
     flagger = Flagger(src.schema, src.name, model, svae, options)
-    if not flagger.reconstructs and not quiet:
-        from xptools.progress import print_warning
-
-        print_warning(f"{src.name}: no flux_error column: no svae reconstruction (recon_chi2 "
+    if not flagger.reconstructs:
+        warn(f"{src.name}: no flux_error column: no svae reconstruction (recon_chi2 "
                       f"and recon_chi2_pct are NaN, bit 256 is never set)")
     kiel = flagger.labels.kiel
     summary = Accumulator(kiel is not None, options.cuts)

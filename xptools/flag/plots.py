@@ -43,6 +43,17 @@ class Accumulator:
         self.failed = np.zeros(shape)
         self.beyond = {name: 0 for name in SCORES}
 
+    def merge(self, other: "Accumulator") -> None:
+        """Add another table's counts (the partitions of a catalogue)."""
+        for name in SCORES:
+            self.histograms[name] += other.histograms[name]
+            self.beyond[name] += other.beyond[name]
+        self.count += other.count
+        self.failed += other.failed
+        for name in self.sums:
+            self.sums[name] += other.sums[name]
+            self.scored[name] += other.scored[name]
+
     def add(self, scores: dict[str, np.ndarray], flag: np.ndarray, teff=None, logg=None):
         for name in SCORES:
             pct = scores[name]

@@ -21,7 +21,11 @@ Written by xptools (``pyarrow.parquet``, ``astropy.table.Table.read`` and pandas
   schema, so it warns that it measures the text itself).
 
 Read: any Parquet file whose columns are numbers, booleans, text (also dictionary-encoded;
-dates and times as ISO text) or lists of numbers. A list column is a fixed-size array column:
+dates and times as ISO text) or lists of numbers, and structs of these (the nested columns of
+HATS catalogues such as the Multimodal Universe's: ``photometry``, ``spectral_coefficients``).
+A struct's fields become columns of their own, named by the field (``phot_g_mean_mag``,
+``coeff``), or ``parent.field`` where that name is taken by another column or field; a null
+struct is a null in each field. A list column is a fixed-size array column:
 ``list`` and ``fixed_size_list`` alike, every non-null, non-empty list of a column of one
 length (else a one-line error naming the column); a null or empty list is a row of NaN (of
 0 for integers). Nulls elsewhere: NaN in floats, the column's null value in integers (ours, or
@@ -47,6 +51,27 @@ ASTROPY_KEY = b"table_meta_yaml"       # astropy's YAML header
 MASKED_CLASS = "astropy.table.column.MaskedColumn"
 PROBE_ROWS = 4096                      # rows per batch when looking for a list's length
 _PANDAS_INDEX = re.compile(r"^__index_level_\d+__$")
+
+
+def _leaves(pa, fields, parent: tuple = ()) -> Iterator[tuple[tuple, object]]:
+    """(path, field) of every column of a schema, struct fields in place of their struct."""
+    for field in fields:
+        path = (*parent, field.name)
+        if pa.types.is_struct(field.type):
+            yield from _leaves(pa, [field.type.field(i) for i in range(field.type.num_fields)],
+                               path)
+        else:
+            yield path, field
+
+
+def _column_names(paths: list[tuple]) -> list[str]:
+    """A column name per path: a struct field's own name where no other column or field has
+    it, else the dotted path."""
+    from collections import Counter
+
+    seen = Counter(p[-1] for p in paths)
+    return [p[0] if len(p) == 1 else p[-1] if seen[p[-1]] == 1 else ".".join(p)
+            for p in paths]
 
 
 def _first_line(e: BaseException) -> str:
@@ -199,13 +224,15 @@ class ParquetReader:
         leaves = {metadata.schema.column(j).path: j for j in range(metadata.num_columns)}
         hidden = set(self._masks.values())
         self._columns: dict[str, _Column] = {}
+        self._paths: dict[str, tuple] = {}   # column -> (top-level field, struct fields ...)
         self.schema = Table(history=history)
         self.schema.meta = {k: v for k, v in meta.items()
                             if isinstance(v, (str, int, float, bool))}
-        for field in schema:
-            n = field.name
+        paths, fields = zip(*_leaves(pa, schema)) if len(schema) else ((), ())
+        for n, path, field in zip(_column_names(list(paths)), paths, fields):
             if n in hidden or _PANDAS_INDEX.match(n) or n in self._columns:
                 continue
+            self._paths[n] = path
             about = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
                      for k, v in (field.metadata or {}).items()}
             column = described.get(n, {})
@@ -219,7 +246,8 @@ class ParquetReader:
                     except ValueError:
                         raise UserError(f"{self.name}: column {n!r}: null value {null!r} is "
                                         f"not an integer") from None
-                elif n in self._masks or (field.nullable and self._may_be_null(leaves.get(n))):
+                elif n in self._masks or (field.nullable
+                                          and self._may_be_null(leaves.get(".".join(path)))):
                     null = _default_null(base)
             else:
                 null = None
@@ -284,10 +312,11 @@ class ParquetReader:
         if not pending:
             return
         try:
-            for batch in self._file.iter_batches(batch_size=PROBE_ROWS, columns=list(pending)):
+            for batch in self._file.iter_batches(batch_size=PROBE_ROWS,
+                                                 columns=self._top_level(list(pending))):
                 for name in list(pending):
                     column = pending[name]
-                    arr, level = batch.column(name), 0
+                    arr, level = self._array(batch, name), 0
                     while level < len(column.widths) and len(arr):
                         lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy()
                         present = np.flatnonzero(lengths > 0)
@@ -333,9 +362,20 @@ class ParquetReader:
         out[present] = values
         return out
 
+    def _top_level(self, names: list[str]) -> list[str]:
+        return list(dict.fromkeys(self._paths.get(n, (n,))[0] for n in names))
+
+    def _array(self, batch, name: str):
+        """A column's arrow array in a record batch; a struct field with its struct's nulls."""
+        path = self._paths.get(name, (name,))
+        arr = batch.column(path[0])
+        for field in path[1:]:
+            arr = arr.flatten()[arr.type.get_field_index(field)]
+        return arr
+
     def _convert(self, pa, pc, batch, name: str) -> np.ndarray:
         column = self._columns[name]
-        arr = batch.column(name)
+        arr = self._array(batch, name)
         if column.widths:
             data = self._cells(pa, pc, arr, column)
             return data.reshape(len(data), *column.cell)
@@ -353,7 +393,7 @@ class ParquetReader:
         import pyarrow.compute as pc
 
         names = columns or self.schema.colnames
-        read = list(dict.fromkeys(names + [self._masks[n] for n in names if n in self._masks]))
+        read = self._top_level(names + [self._masks[n] for n in names if n in self._masks])
         batches = self._file.iter_batches(batch_size=max(1, min(rows, self.nrows or 1)),
                                           columns=read, use_pandas_metadata=False)
         start = 0

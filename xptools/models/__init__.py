@@ -122,6 +122,18 @@ def load(path: str):
     return model
 
 
+def load_latent(path: str | None, command: str):
+    """A model with a latent space (the scatter VAE) for ``command``, on one torch thread (its
+    encoder and decoders are tiny: threads only add overhead)."""
+    from xptools.threads import torch_with
+
+    torch_with(1)
+    loaded = load(path or default_path(command))
+    if not hasattr(loaded, "embed"):
+        raise UserError(f"{path}: a {loaded.kind} model has no latent space (use an svae model)")
+    return loaded
+
+
 def load_detectors(path: str, config: dict):
     """The out-of-distribution detectors of a model directory (`xptools.ood`: config.json's
     ``detectors`` section and the arrays of detectors.safetensors), or None."""

@@ -28,8 +28,8 @@ from xptools.flags import (FLAG_FLUX_EXCESS, FLAG_G_FROM_XP, FLAG_NO_PHOTOMETRY,
                            FLAG_PARTIAL_PHOTOMETRY, FLAG_PARTIAL_XP, FLUX_EXCESS_LIMIT)
 from xptools.io import Table
 from xptools.photometry import flux_excess_significance
-from xptools.xp import (BAND_OVERLAP, BANDS, DEFAULT_GRID, ContinuousLayout, detect_layout,
-                        sampled_grid, usable_flux)
+from xptools.xp import (BAND_OVERLAP, BANDS, CONTINUOUS, DEFAULT_GRID, ContinuousLayout,
+                        detect_layout, sampled_grid, usable_flux)
 
 REFERENCE = "phot_g_mean_mag"
 PHOTOMETRY = ("phot_bp_mean_mag", "phot_rp_mean_mag", "j_m", "h_m", "ks_m")
@@ -212,7 +212,7 @@ class XPSource:
             raise UserError(f"{name}: no XP spectra (expected a flux column, or "
                             f"bp_coefficients/rp_coefficients, or bp_coeff_0.. columns)")
         self._sampler = None
-        if self.kind in ("arrays", "columns"):
+        if self.kind in CONTINUOUS:
             self.layout = ContinuousLayout(schema, name, why_both="models read both bands' "
                                            "columns (a source without one has nulls there)")
             if spec.xp == "sampled":
