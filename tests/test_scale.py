@@ -47,6 +47,14 @@ def partitions(folder) -> list[str]:
                                          "Npix=*.parquet")))
 
 
+def paired(a, b) -> list[tuple[str, str]]:
+    """The partition files of two catalogues, which must have the same partitions."""
+    first, second = partitions(a), partitions(b)
+    assert first and [os.path.relpath(p, str(a)) for p in first] == \
+        [os.path.relpath(p, str(b)) for p in second]
+    return list(zip(first, second))
+
+
 def catalogue_table(folder) -> Table:
     """Every row of a catalogue, in source_id order."""
     t = concat([read_table(p) for p in partitions(folder)])
@@ -226,7 +234,7 @@ def test_dask_scheduler_and_workers_equal_one_process(tables, tmp_path, dask_clu
     ok(run(command, tables / f"{kind}_cat", "-o", tmp_path / "dask", "-q", "--scheduler",
            dask_cluster, *options))
     ok(run(command, tables / f"{kind}_cat", "-o", tmp_path / "here", "-q", *options))
-    for a, b in zip(partitions(tmp_path / "here"), partitions(tmp_path / "dask")):
+    for a, b in paired(tmp_path / "here", tmp_path / "dask"):
         assert_equal_tables(read_table(a), read_table(b),
                             rtol=tolerance(command, True) if command in TORCH_THREADS else 0.0)
     assert_equal_tables(file_output(tables, command), catalogue_table(tmp_path / "dask"),
@@ -236,7 +244,7 @@ def test_dask_scheduler_and_workers_equal_one_process(tables, tmp_path, dask_clu
 def test_local_workers(tables, tmp_path):
     ok(run("sample", tables / "continuous_cat", "-o", tmp_path / "w2", "--workers", "2", "-q"))
     ok(run("sample", tables / "continuous_cat", "-o", tmp_path / "w0", "-q"))
-    for a, b in zip(partitions(tmp_path / "w0"), partitions(tmp_path / "w2")):
+    for a, b in paired(tmp_path / "w0", tmp_path / "w2"):
         assert_equal_tables(read_table(a), read_table(b))
 
 
@@ -270,11 +278,8 @@ def test_killed_runs_resume_to_the_same_catalogue(tables, tmp_path):
     # in one process (with the first run's threads)
     ok(run("infer", source, "-o", out, "-q", "--chunk-rows", "7"))
     assert not glob.glob(str(out / "dataset" / "**" / ".*.part"), recursive=True)
-    whole, resumed = partitions(tmp_path / "whole"), partitions(out)
-    assert [os.path.basename(p) for p in whole] == [os.path.basename(p) for p in resumed]
-    for a, b in zip(whole, resumed):
-        ta, tb = read_table(a), read_table(b)
-        assert_equal_tables(ta, tb)
+    for a, b in paired(tmp_path / "whole", out):
+        assert_equal_tables(read_table(a), read_table(b))
     # a finished catalogue is not run again, nor replaced without --overwrite
     r = run("infer", source, "-o", out)
     assert r.returncode == 1 and b"exists" in r.stderr
@@ -308,7 +313,7 @@ def test_a_worker_that_dies_mid_partition_is_replaced(tables, tmp_path):
     assert os.path.exists(marker)
     assert not glob.glob(str(tmp_path / "out" / "dataset" / "**" / ".*.part"), recursive=True)
     ok(run("sample", tables / "continuous_cat", "-o", tmp_path / "plain", "-q"))
-    for a, b in zip(partitions(tmp_path / "plain"), partitions(tmp_path / "out")):
+    for a, b in paired(tmp_path / "plain", tmp_path / "out"):
         assert_equal_tables(read_table(a), read_table(b))
 
 
@@ -368,7 +373,11 @@ def test_bad_catalogues_are_one_line_and_leave_nothing(tables, tmp_path):
 
     broken = tmp_path / "broken"
     shutil.copytree(tables / "continuous_cat", broken)
-    bad = partitions(broken)[-1]
+    import hats
+    from hats.io import paths
+
+    last = hats.read_hats(str(broken)).get_healpix_pixels()[-1]   # run after the others
+    bad = str(paths.pixel_catalog_file(str(broken), last))
     t = read_table(bad)
     t.columns.pop("bp_coefficients"), t.info.pop("bp_coefficients")
     os.remove(bad)
@@ -378,7 +387,8 @@ def test_bad_catalogues_are_one_line_and_leave_nothing(tables, tmp_path):
         .encode() in r.stderr
     assert not (tmp_path / "o2" / "hats.properties").exists()
     assert not glob.glob(str(tmp_path / "o2" / "dataset" / "**" / ".*.part"), recursive=True)
-    assert all(len(read_table(p)) for p in partitions(tmp_path / "o2"))
+    written = partitions(tmp_path / "o2")
+    assert written and all(len(read_table(p)) for p in written)
     # the same folder for another job is refused
     r = run("sample", broken, "-o", tmp_path / "o2", "--band", "rp")
     assert r.returncode == 1 and b"another run" in r.stderr
@@ -394,3 +404,112 @@ def test_catalogue_into_one_file(tables, tmp_path):
     back = read_table(str(tmp_path / "all.fits"))
     back = back.rows(np.argsort(back["source_id"], kind="stable"))
     assert_equal_tables(file_output(tables, "sample"), back, rtol=1e-12)
+
+
+def test_a_catalogue_by_url(tables, tmp_path):
+    """A catalogue served over HTTP (here by a server on 127.0.0.1): its partitions are
+    downloaded by the tasks that run them."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tables))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/continuous_cat"
+        ok(run("sample", url, "-o", tmp_path / "out", "-q"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    ok(run("sample", tables / "continuous_cat", "-o", tmp_path / "local", "-q"))
+    for a, b in paired(tmp_path / "local", tmp_path / "out"):
+        assert_equal_tables(read_table(a), read_table(b))
+
+
+def test_ctrl_c_says_what_is_kept(tables, tmp_path):
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "xptools", "infer",
+                                str(tables / "continuous_cat"), "-o", str(out), "-q",
+                                "--chunk-rows", "2"], stderr=subprocess.PIPE)
+    while not partitions(out) and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr.decode()
+    assert b"partitions are in" in stderr and b"the same command resumes" in stderr
+    assert not glob.glob(str(out / "dataset" / "**" / ".*.part"), recursive=True)
+    ok(run("infer", tables / "continuous_cat", "-o", out, "-q", "--chunk-rows", "2"))
+    assert (out / "hats.properties").exists()
+
+
+def test_reruns_finish_what_is_left_and_refuse_what_differs(tables, tmp_path):
+    import fcntl
+
+    source, out = tables / "sampled_cat", tmp_path / "out"
+    ok(run("embed", source, "-o", out, "-q"))
+    whole = {p: open(p, "rb").read() for p in partitions(out)}
+    # killed while writing the metadata: nothing left to compute, the metadata again
+    for name in ("hats.properties", "properties", "partition_info.csv"):
+        os.remove(out / name)
+    r = ok(run("embed", source, "-o", out))
+    assert b"partitions were written by an earlier run" in r.stderr
+    assert (out / "hats.properties").exists()
+    assert {p: open(p, "rb").read() for p in partitions(out)} == whole
+    # the same input made into other partitions is another run's input
+    os.remove(out / "hats.properties")
+    other = tmp_path / "other_cat"
+    ok(run("hats-import", tables / "sampled.fits", "-o", other, "--max-rows", "100", "-q"))
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.move(str(source), str(moved))   # (put back below)
+    try:
+        shutil.copytree(other, source)
+        r = run("embed", source, "-o", out)
+        assert r.returncode == 1 and b"another run" in r.stderr
+    finally:
+        shutil.rmtree(source)
+        shutil.move(str(moved), str(source))
+    # --overwrite with a model that does not load leaves the old catalogue alone
+    ok(run("embed", source, "-o", out, "-q"))
+    r = run("embed", source, "-o", out, "--overwrite", "--model", tmp_path / "no_model")
+    assert r.returncode == 1 and (out / "hats.properties").exists()
+    # two runs never write one catalogue at once
+    lock = open(out / ".xptools.lock", "a")
+    fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    try:
+        r = run("embed", source, "-o", out, "--overwrite")
+        assert r.returncode == 1 and b"another xptools run" in r.stderr
+    finally:
+        lock.close()
+    assert {p: open(p, "rb").read() for p in partitions(out)} == whole
+    # and --overwrite never removes a folder that is not a catalogue
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    for command in (["embed", source], ["hats-import", tables / "sampled.fits"]):
+        r = run(*command, "-o", tmp_path / "mine", "--overwrite")
+        assert r.returncode == 1 and b"not a catalogue" in r.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_relative_paths_reach_the_workers(tables, tmp_path, dask_cluster):
+    """Workers run in their own folders: a relative input, output and model still work."""
+    import shutil
+
+    shutil.copytree(tables / "sampled_cat", tmp_path / "cat")
+    from xptools import models
+
+    shutil.copytree(models.default_path("embed"), tmp_path / "model")
+    r = subprocess.run([sys.executable, "-m", "xptools", "embed", "cat", "-o", "out",
+                        "--model", "model", "--scheduler", dask_cluster, "-q"],
+                       cwd=tmp_path, capture_output=True, timeout=300)
+    ok(r)
+    ok(run("embed", tables / "sampled_cat", "-o", tmp_path / "here", "-q"))
+    for a, b in paired(tmp_path / "here", tmp_path / "out"):
+        assert_equal_tables(read_table(a), read_table(b))

@@ -59,14 +59,24 @@ SCHEDULER = typer.Option(None, "--scheduler", metavar="ADDRESS", help="With a HA
 CATALOGUE = " or a HATS catalogue (folder or URL)"
 
 
+def _where(path: Optional[str]) -> Optional[str]:
+    """A model folder as workers elsewhere find it: absolute (a URL as it is)."""
+    return path if path is None or "://" in path else os.path.abspath(path)
+
+
 def run_rows(command: str, prepare: str, options: dict, input: str, output: str, *,
              format, input_format, overwrite, quiet, workers, scheduler, torch=False) -> dict:
     """A row-wise command over a table or a HATS catalogue (xptools.scale decides which)."""
     from xptools import scale
+    from xptools.progress import print_warning
 
-    return scale.run(scale.Job(command, prepare, options, torch), input, output,
-                     format=format, input_format=input_format, overwrite=overwrite,
-                     quiet=quiet, workers=workers, scheduler=scheduler)
+    counts = scale.run(scale.Job(command, prepare, options, torch), input, output,
+                       format=format, input_format=input_format, overwrite=overwrite,
+                       quiet=quiet, workers=workers, scheduler=scheduler)
+    if counts.get("resumed") and not quiet:
+        print_warning(f"{counts['resumed']} partitions were written by an earlier run: what "
+                      f"follows counts this run's {counts['rows']} rows")
+    return counts
 
 
 def model_option(shipped: str) -> typer.models.OptionInfo:
@@ -109,7 +119,7 @@ def handles_errors(command: str):
                 _report(command, str(e))
                 raise typer.Exit(2)
             except KeyboardInterrupt as e:  # Ctrl-C, or a signal turned into `Interrupted`
-                _report(command, "interrupted; no output written")
+                _report(command, f"interrupted; {getattr(e, 'left', 'no output written')}")
                 raise typer.Exit(128 + getattr(e, "signum", signal.SIGINT))
             except MemoryError:
                 _report(command, "out of memory (try a smaller --chunk-rows)")
@@ -162,7 +172,7 @@ def sample(
     truncate: bool = TRUNCATE,
     covariance: bool = typer.Option(
         False, "--covariance", help="Add the full flux covariance per source (N x N per row: "
-        "about 0.9 MB per source on the default grid, slow; FITS or HDF5 output only)."),
+        "about 0.9 MB per source on the default grid, slow; FITS, HDF5 or Parquet output)."),
     band: str = typer.Option("both", "--band", help="bp, rp or both."),
     dtype: str = typer.Option("float64", "--dtype", help="Output float type: float64 (exact, "
                               "default) or float32 (half the size)."),
@@ -376,10 +386,10 @@ def infer(
     from xptools.progress import print_warning
 
     counts = run_rows("infer", "xptools.infer:prepare",
-                      dict(model=model, prefix=prefix, chunk_rows=chunk_rows), input, output,
+                      dict(model=_where(model), prefix=prefix, chunk_rows=chunk_rows), input, output,
                       format=format, input_format=input_format, overwrite=overwrite,
                       quiet=quiet, workers=workers, scheduler=scheduler, torch=True)
-    if counts["unusable"] and not quiet:
+    if counts.get("unusable") and not quiet:
         print_warning(f"{counts['unusable']} of {counts['rows']} rows had nothing to predict "
                       f"from: NaN labels, see infer_flag")
 
@@ -519,10 +529,10 @@ def embed(
     from xptools.progress import print_warning
 
     counts = run_rows("embed", "xptools.embed:prepare",
-                      dict(model=model, prefix=prefix, chunk_rows=chunk_rows), input, output,
+                      dict(model=_where(model), prefix=prefix, chunk_rows=chunk_rows), input, output,
                       format=format, input_format=input_format, overwrite=overwrite,
                       quiet=quiet, workers=workers, scheduler=scheduler)
-    if counts["unusable"] and not quiet:
+    if counts.get("unusable") and not quiet:
         print_warning(f"{counts['unusable']} of {counts['rows']} rows had no complete spectrum: "
                       f"NaN z, see embed_flag")
 
@@ -573,11 +583,11 @@ def generate(
             run_generate(None, out, loaded, grid=latent_grid(z, loaded.latent), quiet=quiet)
         return
     counts = run_rows("generate", "xptools.generate:prepare",
-                      dict(model=model, reconstruct=reconstruct, z_column=z_column,
+                      dict(model=_where(model), reconstruct=reconstruct, z_column=z_column,
                            prefix=prefix, chunk_rows=chunk_rows), input, output,
                       format=format, input_format=input_format, overwrite=overwrite,
                       quiet=quiet, workers=workers, scheduler=scheduler)
-    if counts["unusable"] and not quiet:
+    if counts.get("unusable") and not quiet:
         print_warning(f"{counts['unusable']} of {counts['rows']} rows had "
                       f"{'no complete spectrum' if reconstruct else 'no finite z'}: NaN "
                       f"output, see generate_flag")
@@ -748,20 +758,24 @@ def flag(
     from xptools.flag import FlagOptions, write_plots
     from xptools.flag.plots import FILES
     from xptools.io.atomic import check_folder
+    from xptools.progress import print_warning
 
     FlagOptions.parse(cuts, sigma_max, quality)   # a bad option fails before any work
     if plots is not None:
         check_folder(plots, FILES, overwrite, "--plots")
     counts = run_rows("flag", "xptools.flag:prepare",
-                      dict(model=model, svae=svae, cuts=cuts, sigma_max=sigma_max,
+                      dict(model=_where(model), svae=_where(svae), cuts=cuts, sigma_max=sigma_max,
                            quality=quality, prefix=prefix, infer_prefix=infer_prefix,
                            chunk_rows=chunk_rows), input, output, format=format,
                       input_format=input_format, overwrite=overwrite, quiet=quiet,
                       workers=workers, scheduler=scheduler, torch=True)
-    if plots is not None:
+    if plots is not None and "summary" not in counts:
+        print_warning("no partition was left to flag: no figures (use --overwrite to run "
+                      "them all)")
+    elif plots is not None:
         write_plots(plots, counts["summary"],
                     "stdin" if input == "-" else os.path.basename(input), overwrite)
-    if not quiet:
+    if not quiet and "basic" in counts:
         rows = max(counts["rows"], 1)
         labels = (f"; labels checked: {', '.join(counts['labels'])}" if counts["labels"]
                   else "; no infer labels in the table")

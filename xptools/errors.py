@@ -12,3 +12,10 @@ class UserError(Exception):
 
 class NotImplementedYet(Exception):
     """A registered subcommand or option that does not exist yet (exit code 2)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (libraries' messages run over many), or its
+    type's name when it has none."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

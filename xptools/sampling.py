@@ -27,7 +27,6 @@ beyond), as GaiaXPy's truncation.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from xptools.errors import UserError
 from xptools.io import InputTable, TableWriter
 from xptools.progress import progress, print_warning
 from xptools.provenance import stamp
+from xptools.threads import available
 from xptools.xp import BANDS, N_COEFFICIENTS, Band, ContinuousLayout, grid_keywords
 
 _I, _J = np.tril_indices(N_COEFFICIENTS, -1)  # the archive's packing of correlations
@@ -105,8 +105,9 @@ class Sampler:
     """Samples chunks of XP continuous spectra on one grid (absolute or internal).
 
     Work is split into blocks of ``BLOCK_ROWS`` sources: a block's weights q stay in the CPU
-    cache between being built and being multiplied, and blocks run on all cores (one BLAS
-    thread each), which keeps the machine's matrix units busy.
+    cache between being built and being multiplied, and blocks run on all the threads the work
+    may use (`xptools.threads.available`, one BLAS thread each), which keeps the machine's
+    matrix units busy.
     """
 
     BLOCK_ROWS = 256
@@ -118,7 +119,7 @@ class Sampler:
         self.truncate = truncate
         self.covariance = covariance
         self.errors = errors or covariance  # errors=False: flux only, much faster
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or available()
         if basis.internal:
             self._matrices = {("design", b): _Matrix.of(m, True) for b, m in basis.design.items()}
         else:
@@ -329,8 +330,9 @@ def prepare(grid: list[float] | None = None, internal: bool = False, truncate: b
     values = None if grid is None else np.asarray(grid, dtype=np.float64)
 
     def run(src, out, quiet, warn) -> dict:
-        if covariance and out.format not in ("fits", "hdf5"):
-            raise UserError(f"--covariance needs FITS or HDF5 output, not {out.format}")
+        if covariance and out.format not in ("fits", "hdf5", "parquet"):
+            raise UserError(f"--covariance needs FITS, HDF5 or Parquet output, not "
+                            f"{out.format}")
         run_sample(src, out, grid=values, internal=internal, truncate=truncate,
                    covariance=covariance, bands=tuple(bands), dtype=np.dtype(dtype),
                    keep_coefficients=keep_coefficients, strict=strict, chunk_rows=chunk_rows,

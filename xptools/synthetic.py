@@ -515,11 +515,12 @@ def run_photometry(src: InputTable, out: TableWriter, systems: list[System], *,
                     earlier = np.asarray(chunk["photometry_flag"], np.float64)
                     earlier = np.where(earlier > 0, earlier, 0).astype(np.int16)
                 columns["photometry_flag"] = columns["photometry_flag"] | earlier
+            if not layout.has_correlations:
+                columns["photometry_flag"] = (columns["photometry_flag"]
+                                              | np.int16(flags.PHOTOMETRY_DIAGONAL))
             for name, unit, description in new:
                 table.add_column(name, columns[name], unit=unit or None,
                                  description=description)
-            if not layout.has_correlations:
-                columns["photometry_flag"] |= np.int16(flags.PHOTOMETRY_DIAGONAL)
             flag = columns["photometry_flag"]
             flagged += int(np.count_nonzero(flag & (FLAG_NO_BP | FLAG_NO_RP)))
             no_magnitude += int(np.count_nonzero(flag & FLAG_NO_MAGNITUDE))

@@ -1,15 +1,19 @@
 """How many CPU threads a command computes with, and torch set up to use them.
 
 A command in one process uses every core ($XPTOOLS_THREADS overrides); a partition of a
-catalogue run on Dask uses the threads the runner gives it (`xptools.scale`), so that workers
-sharing a machine do not oversubscribe its cores.
+catalogue uses the threads the runner gives it (`limited`, `xptools.scale`), so that workers
+sharing a machine do not oversubscribe its cores: numpy's BLAS, torch and the sampler's own
+pool all keep to it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from xptools.errors import UserError
+
+_limit: int | None = None   # set by `limited` while a partition is computed
 
 
 def cpu_threads() -> int:
@@ -21,6 +25,29 @@ def cpu_threads() -> int:
         except ValueError:
             raise UserError(f"XPTOOLS_THREADS={value!r} is not a number of threads") from None
     return os.cpu_count() or 1
+
+
+def available() -> int:
+    """The threads the work in hand may use: a partition's share (`limited`), else
+    `cpu_threads`."""
+    return _limit or cpu_threads()
+
+
+@contextlib.contextmanager
+def limited(threads: int, torch: bool = False):
+    """Compute with ``threads`` threads until the block ends: BLAS, the sampler's pool and,
+    with ``torch``, torch's intra-op threads."""
+    global _limit
+    from threadpoolctl import threadpool_limits
+
+    before, _limit = _limit, threads
+    try:
+        with threadpool_limits(threads):
+            if torch:
+                torch_with(threads)
+            yield
+    finally:
+        _limit = before
 
 
 def torch_with(threads: int):

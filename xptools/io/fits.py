@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
-from xptools.errors import UserError
+from xptools.errors import UserError, first_line
 from xptools.io.table import Table, text_bytes
 
 # Header keywords that describe the table structure rather than its content.
@@ -46,7 +46,7 @@ class FitsReader:
         try:
             self._fits = fitsio.FITS(path)
         except (OSError, ValueError) as e:
-            raise UserError(f"{name}: not a readable FITS file ({_first_line(e)})") from e
+            raise UserError(f"{name}: not a readable FITS file ({first_line(e)})") from e
         hdus = [h for h in self._fits if h.get_exttype() in ("BINARY_TBL", "ASCII_TBL")]
         if not hdus:
             raise UserError(f"{name}: FITS file has no table extension")
@@ -104,7 +104,7 @@ class FitsReader:
                     out.columns[n] = arrays[n] if n in self._var else _native(data[n])
             except (OSError, ValueError) as e:
                 raise UserError(f"{self.name}: cannot read rows {start}-{stop - 1} "
-                                f"({_first_line(e)})") from e
+                                f"({first_line(e)})") from e
             yield out
 
     def close(self):
@@ -317,8 +317,3 @@ class FitsWriter:
             raise RuntimeError("no NAXIS2 card in the header fitsio wrote")
         self._file.close()
         self._file = None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

@@ -43,7 +43,7 @@ from typing import Iterator
 
 import numpy as np
 
-from xptools.errors import UserError
+from xptools.errors import UserError, first_line
 from xptools.io.table import Table
 
 META_KEY = b"xptools"                  # our JSON: table keywords and history
@@ -72,11 +72,6 @@ def _column_names(paths: list[tuple]) -> list[str]:
     seen = Counter(p[-1] for p in paths)
     return [p[0] if len(p) == 1 else p[-1] if seen[p[-1]] == 1 else ".".join(p)
             for p in paths]
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def _default_null(dtype: np.dtype) -> int:
@@ -183,7 +178,7 @@ class ParquetReader:
             self._file = pq.ParquetFile(path, memory_map=False)
             schema = self._file.schema_arrow
         except (pa.ArrowException, OSError, ValueError) as e:
-            raise UserError(f"{name}: not a readable Parquet file ({_first_line(e)})") from e
+            raise UserError(f"{name}: not a readable Parquet file ({first_line(e)})") from e
         try:
             self._open(pa, schema)
         except BaseException:
@@ -217,7 +212,7 @@ class ParquetReader:
                 history = [str(v) for v in blob.get("history") or []]
             except (ValueError, AttributeError, TypeError) as e:
                 raise UserError(f"{self.name}: unreadable xptools metadata in the Parquet "
-                                f"schema ({_first_line(e)})") from e
+                                f"schema ({first_line(e)})") from e
         else:
             history = meta.pop("HISTORY", None)
             history = [str(v) for v in np.atleast_1d(history)] if history is not None else []
@@ -332,7 +327,7 @@ class ParquetReader:
                     break
         except (pa.ArrowException, OSError) as e:
             raise UserError(f"{self.name}: cannot read the Parquet data "
-                            f"({_first_line(e)})") from e
+                            f"({first_line(e)})") from e
 
     def _check_lengths(self, column: _Column, lengths: np.ndarray, width: int) -> None:
         bad = np.flatnonzero((lengths > 0) & (lengths != width))
@@ -409,7 +404,7 @@ class ParquetReader:
                 raise
             except (pa.ArrowException, OSError) as e:
                 raise UserError(f"{self.name}: cannot read rows from {start} on "
-                                f"({_first_line(e)})") from e
+                                f"({first_line(e)})") from e
             start += batch.num_rows
             yield out
 

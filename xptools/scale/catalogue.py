@@ -26,11 +26,11 @@ import glob
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from xptools import __version__, provenance
-from xptools.errors import UserError
+from xptools.errors import UserError, first_line
 from xptools.io import atomic
 from xptools.progress import progress
 
@@ -74,13 +74,13 @@ class Catalogue:
 
     def __init__(self, path: str):
         hats = _hats()
-        self.name = path
+        self.name = path.rstrip("/") if is_url(path) else os.path.abspath(path)
         try:
-            cat = hats.read_hats(path)
+            cat = hats.read_hats(self.name)
         except Exception as e:  # hats raises many kinds; all mean "not a HATS catalogue"
-            text = str(e).strip().splitlines()
-            raise UserError(f"{path}: not a HATS catalogue ({type(e).__name__}: "
-                            f"{text[0] if text else ''})") from None
+            what = ("cannot read it" if is_url(path) and isinstance(e, OSError)
+                    else "not a HATS catalogue")
+            raise UserError(f"{path}: {what} ({type(e).__name__}: {first_line(e)})") from None
         cat = getattr(cat, "main_catalog", cat)   # a collection: its main catalogue
         self.info = cat.catalog_info
         if str(self.info.catalog_type) not in ("object", "source", "CatalogType.OBJECT",
@@ -97,7 +97,6 @@ class Catalogue:
         self.partitions = [(p.order, p.pixel, str(paths.pixel_catalog_file(cat.catalog_base_dir,
                                                                            p)))
                            for p in cat.get_healpix_pixels()]
-        self.total_rows = self.info.total_rows
 
 
 def open_catalogue(path: str) -> Catalogue:
@@ -105,7 +104,8 @@ def open_catalogue(path: str) -> Catalogue:
 
 
 def open_partition(source: str):
-    """An InputTable of one partition file, downloaded first when it is a URL."""
+    """An InputTable of one partition file, downloaded first when it is a URL (http and
+    https with fetch's retries and resume; other schemes through fsspec)."""
     from xptools.io import open_table
 
     if not is_url(source):
@@ -113,12 +113,17 @@ def open_partition(source: str):
             raise UserError(f"{source}: partition file missing (the catalogue's "
                             f"partition_info lists it)")
         return open_table(source, "parquet")
-    from upath import UPath
-
     tmp = atomic.temporary_file("xptools-partition-")
     try:
-        with UPath(source).open("rb") as f, open(tmp, "wb") as out:
-            shutil.copyfileobj(f, out, 1 << 20)
+        if source.startswith(("http://", "https://")):
+            from xptools.fetch.http import Http, RetryPolicy
+
+            Http(RetryPolicy()).download(source, tmp)
+        else:
+            from upath import UPath
+
+            with UPath(source).open("rb") as f, open(tmp, "wb") as out:
+                shutil.copyfileobj(f, out, 1 << 20)
         src = open_table(tmp, "parquet")
     except BaseException:
         atomic.discard(tmp)
@@ -131,15 +136,11 @@ def open_partition(source: str):
 def run_partition(part: Partition, job, run: provenance.Run, threads: int) -> dict:
     """One partition, in whatever process runs it: the job's own pipeline, input partition to
     output partition (renamed into place when complete). Returns counts and warnings."""
-    from threadpoolctl import threadpool_limits
-
     from xptools.io import TableWriter
+    from xptools.threads import limited
 
     warnings: list[str] = []
-    with threadpool_limits(threads), provenance.running(run):
-        if job.torch:
-            from xptools.threads import torch_with
-            torch_with(threads)
+    with limited(threads, job.torch), provenance.running(run):
         runner = job.runner()
         with TableWriter(part.target, "parquet") as out, open_partition(part.source) as src:
             counts = runner(src, out, True, warnings.append)
@@ -147,58 +148,72 @@ def run_partition(part: Partition, job, run: provenance.Run, threads: int) -> di
     return {"counts": dict(counts or {}, rows=rows), "warnings": warnings}
 
 
+def check_replace(path: str, overwrite: bool) -> None:
+    """Refuse a catalogue output that exists without --overwrite, and an --overwrite of
+    anything that is not a catalogue (so no other folder is ever removed)."""
+    if not os.path.lexists(path):
+        return
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise UserError(f"-o {path}: is a file or a link; a catalogue output is a folder")
+    finished = os.path.exists(os.path.join(path, "hats.properties"))
+    if not (finished or os.path.exists(os.path.join(path, STATE))) and os.listdir(path):
+        raise UserError(f"-o {path}: a folder that is not a catalogue; give a new or empty "
+                        f"folder")
+    if finished and not overwrite:
+        raise UserError(f"{path} exists (a finished catalogue); use --overwrite to replace it")
+
+
 class Output:
-    """An output catalogue folder being written: checks, resume state, partition targets,
-    and the metadata written last."""
+    """An output catalogue folder being written: checks, a lock, resume state, partition
+    targets, and the metadata written last."""
 
     def __init__(self, path: str, source: Catalogue, job, overwrite: bool, threads: int):
-        self.root = path.rstrip("/" + os.sep) or path
-        self.source = source
         if is_url(path):
             raise UserError(f"-o {path}: xptools writes catalogues to a local or shared "
                             f"disk, not to a URL")
-        parent = os.path.dirname(os.path.abspath(self.root))
+        self.root = os.path.abspath(path)
+        self.source = source
+        parent = os.path.dirname(self.root)
         if not os.path.isdir(parent):
             raise UserError(f"-o {path}: folder {parent} does not exist")
-        if os.path.abspath(self.root) == os.path.abspath(source.root):
+        if not is_url(source.root) and os.path.exists(self.root) and \
+                os.path.samefile(self.root, source.root):
             raise UserError(f"-o {path} is the input catalogue")
+        check_replace(path, overwrite)
+        os.makedirs(self.root, exist_ok=True)
+        self._lock = _lock(self.root)
         state = os.path.join(self.root, STATE)
-        self.job_key = {"job": json.loads(job.key), "input": source.name}
-        if os.path.isdir(self.root) and os.listdir(self.root):
-            ours = os.path.exists(state) or os.path.exists(os.path.join(self.root,
-                                                                        "hats.properties"))
-            if not ours:
-                raise UserError(f"-o {path}: a folder that is not an xptools catalogue; "
-                                f"give a new or empty folder")
-            if overwrite:
-                shutil.rmtree(self.root)
-            elif os.path.exists(os.path.join(self.root, "hats.properties")):
-                raise UserError(f"{path} exists (a finished catalogue); use --overwrite to "
-                                f"replace it")
-        elif os.path.exists(self.root) and not os.path.isdir(self.root):
-            raise UserError(f"-o {path}: is a file; a catalogue output is a folder")
-        self.resumed = 0
+        if overwrite and os.path.exists(os.path.join(self.root, "hats.properties")) or \
+                overwrite and os.path.exists(state):
+            for name in os.listdir(self.root):   # all but the lock this run holds
+                if name != LOCK:
+                    atomic.discard(os.path.join(self.root, name))
+        self.partitions = []
+        from hats.io import paths
+        from hats.pixel_math import HealpixPixel
+
+        for order, pixel, source_file in source.partitions:
+            target = str(paths.pixel_catalog_file(self.root, HealpixPixel(order, pixel)))
+            self.partitions.append(Partition(order, pixel, source_file, target))
+        # what makes partitions alike: a rerun resumes only the same job on the same input
+        self.job_key = {"job": json.loads(job.key), "input": source.name,
+                        "partitions": [[p.order, p.pixel] for p in self.partitions],
+                        "xptools": __version__}
         if os.path.exists(state):
             with open(state) as f:
                 saved = json.load(f)
             if {k: saved.get(k) for k in self.job_key} != self.job_key:
-                raise UserError(f"{path}: holds part of another run ({saved.get('command')}); "
-                                f"use --overwrite to start again, or another -o")
+                raise UserError(f"{path}: holds part of another run ({saved.get('command')}, "
+                                f"xptools {saved.get('xptools')}); use --overwrite to start "
+                                f"again, or another -o")
             self.run = provenance.Run(saved["command"], saved["time"])
             self.threads = int(saved.get("threads", threads))
         else:
             self.run, self.threads = provenance.Run.now(), threads
-            os.makedirs(self.root, exist_ok=True)
             atomic.write_file(state, json.dumps({**self.job_key, "command": self.run.command,
                                                  "time": self.run.time, "threads": threads},
                                                 indent=1) + "\n", overwrite=False)
-        from hats.io import paths
-        from hats.pixel_math import HealpixPixel
-
-        self.partitions = []
-        for order, pixel, source_file in source.partitions:
-            target = str(paths.pixel_catalog_file(self.root, HealpixPixel(order, pixel)))
-            self.partitions.append(Partition(order, pixel, source_file, target))
+        self.resumed = 0
 
     def todo(self) -> list[Partition]:
         left = [p for p in self.partitions if not os.path.exists(p.target)]
@@ -213,69 +228,123 @@ class Output:
         from hats.io import parquet_metadata
         from hats.pixel_math import HealpixPixel
 
+        missing = [p for p in self.partitions if not os.path.exists(p.target)]
+        if missing:
+            raise UserError(f"{self.root}: {len(missing)} partitions were not written (first "
+                            f"{missing[0]}); rerun to finish")
+        # every partition is complete, and this run holds the lock: any temporary file left
+        # in the dataset is a killed worker's (of any host: `atomic.remove_stale` knows only
+        # this host's processes)
         dataset = os.path.join(self.root, "dataset")
         for tmp in glob.glob(os.path.join(dataset, "**", ".*.part"), recursive=True):
-            atomic.discard(tmp)  # left by killed workers: every partition is done
+            atomic.discard(tmp)
         try:
             rows = parquet_metadata.write_parquet_metadata(self.root)
         except Exception as e:
             raise UserError(f"{self.root}: cannot write the catalogue's _metadata "
-                            f"({type(e).__name__}: {e}); do the partitions' columns differ?") \
-                from None
+                            f"({type(e).__name__}: {first_line(e)}); do the partitions' "
+                            f"columns differ?") from None
         PartitionInfo.from_healpix([HealpixPixel(p.order, p.pixel) for p in self.partitions]) \
             .write_to_file(catalog_path=self.root)
         fields = self.source.info.model_dump(by_alias=False, exclude_none=True)
-        fields.update(catalog_name=os.path.basename(os.path.abspath(self.root)),
-                      total_rows=int(rows),
+        for stale in ("default_columns", "skymap_order", "skymap_alt_orders", "hats_max_bytes",
+                      "hats_estsize", "moc_sky_fraction"):
+            fields.pop(stale, None)   # the input's columns and files, not this catalogue's
+        fields.update(catalog_name=os.path.basename(self.root), total_rows=int(rows),
                       **TableProperties.new_provenance_dict(self.root,
                                                             builder=f"xptools {__version__}"),
                       xptools_command=self.run.command, xptools_date=self.run.time)
-        for stale in ("hats_max_bytes", "hats_estsize", "moc_sky_fraction"):
-            fields.pop(stale, None)   # the input's sizes; not this catalogue's
-        with tempfile.TemporaryDirectory(dir=self.root, prefix=".xptools-properties-") as tmp:
-            TableProperties(**fields).to_properties_file(tmp)
-            for name in PROPERTIES:
-                os.replace(os.path.join(tmp, name), os.path.join(self.root, name))
+        properties = TableProperties(**fields)
+        for name in PROPERTIES:
+            target = os.path.join(self.root, name)
+            tmp = atomic.temporary_beside(target)
+            properties.to_properties_file_path(Path(tmp), initial_comments="HATS catalog")
+            os.replace(tmp, target)
+            atomic.done_with(tmp)
+        self.release()
         return int(rows)
+
+    def release(self) -> None:
+        _unlock(self._lock)
+
+
+LOCK = ".xptools.lock"
+
+
+def _lock(root: str):
+    """Hold the folder's lock for this run: two runs writing one catalogue would remove each
+    other's temporary files."""
+    import fcntl
+
+    f = open(os.path.join(root, LOCK), "a")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise UserError(f"{root}: another xptools run is writing this catalogue") from None
+    return f
+
+
+def _unlock(f) -> None:
+    try:
+        os.remove(f.name)
+    except OSError:
+        pass
+    f.close()
 
 
 def run(job, source: Catalogue, output: str, *, format: str | None, overwrite: bool,
         quiet: bool, workers: int | None, scheduler: str | None, warn) -> dict:
-    """``job`` over every partition of ``source``: into a catalogue folder, or one file."""
-    from xptools.scale import add_counts, is_folder_output
+    """``job`` over every partition of ``source``: into a catalogue folder, or one file.
+    The counts are those of the partitions this run computed (``resumed``: how many were
+    done before)."""
+    import sys
+
+    from xptools.scale import add_counts, cluster, is_folder_output
 
     if not is_folder_output(output, format):
         if workers or scheduler:
             raise UserError(f"-o {output}: with --workers or --scheduler the output is a "
                             f"catalogue: give -o a folder")
         return _into_file(job, source, output, format, overwrite, quiet, warn)
-    from xptools.scale import cluster
-
+    job.runner()   # the options and the model are checked here, before anything is written
     out = Output(output, source, job, overwrite, cluster.threads_per_task(workers, scheduler))
-    job.runner()   # the options and the model are checked here, before any partition
-    todo = out.todo()
-    if out.resumed and not quiet:
-        print(f"xptools {job.command}: resuming {out.root}: {out.resumed} of "
-              f"{len(out.partitions)} partitions already done", flush=True,
-              file=__import__("sys").stderr)
-    total: dict = {"rows": 0}
-    warnings: list[str] = []
+    try:
+        todo = out.todo()
+        if out.resumed and not quiet:
+            print(f"xptools {job.command}: resuming {output}: {out.resumed} of "
+                  f"{len(out.partitions)} partitions already done", file=sys.stderr,
+                  flush=True)
+        total: dict = {"rows": 0}
+        warnings: list[str] = []
+        finished = [out.resumed]
 
-    with progress(len(out.partitions), job.command, quiet, unit="partitions") as bar:
-        bar.update(out.resumed)
+        with progress(len(out.partitions), job.command, quiet, unit="partitions") as bar:
+            bar.update(out.resumed)
 
-        def done(part, result):
-            add_counts(total, result["counts"])
-            warnings.extend(m.replace(part.source, source.name) for m in result["warnings"])
-            bar.update(1)
+            def done(part, result):
+                add_counts(total, result["counts"])
+                warnings.extend(m.replace(part.source, source.name)
+                                for m in result["warnings"])
+                finished[0] += 1
+                bar.update(1)
 
-        if workers or scheduler:
-            with cluster.client(workers, scheduler) as c:
-                cluster.run_tasks(c, run_partition, todo, (job, out.run, out.threads), done)
-        else:
-            for part in todo:
-                done(part, run_partition(part, job, out.run, out.threads))
-    total["rows"] = out.finish()
+            try:
+                if workers or scheduler:
+                    with cluster.client(workers, scheduler) as c:
+                        cluster.run_tasks(c, run_partition, todo,
+                                          (job, out.run, out.threads), done)
+                else:
+                    for part in todo:
+                        done(part, run_partition(part, job, out.run, out.threads))
+            except KeyboardInterrupt as e:   # what is done stays done: say how to go on
+                e.left = (f"{finished[0]} of {len(out.partitions)} partitions are in "
+                          f"{output}; the same command resumes")
+                raise
+        out.finish()
+    finally:
+        out.release()
+    total["resumed"] = out.resumed
     _report(warnings, warn)
     return total
 

@@ -34,25 +34,45 @@ def client(workers: int | None, scheduler: str | None):
         except (OSError, TimeoutError) as e:
             raise UserError(f"--scheduler {scheduler}: cannot connect ({e})") from None
         with c:
-            if not c.scheduler_info(n_workers=-1).get("workers"):
+            try:
                 c.wait_for_workers(1, timeout=60)
+            except TimeoutError:
+                raise UserError(f"--scheduler {scheduler}: no workers joined in 60 s") \
+                    from None
             yield c
         return
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      host="127.0.0.1", dashboard_address=None,
-                      silence_logs=logging.CRITICAL) as cluster, Client(cluster) as c:
+    import dask
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment()}), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                         host="127.0.0.1", dashboard_address=None,
+                         silence_logs=logging.CRITICAL) as cluster, Client(cluster) as c:
         yield c
+
+
+def worker_environment() -> dict:
+    """Dask's environment for new worker processes, less MALLOC_TRIM_THRESHOLD_: glibc takes
+    any explicit threshold as a reason to stop adapting its mmap threshold, so each chunk's
+    arrays (megabytes) are mapped and unmapped afresh, page fault by page fault. Measured
+    here: infer over 200,000 rows spent 20 s in the kernel with it, 5 s without
+    (benchmarks/bench_scale.py). The thread variables stay: `threads.limited` sets the
+    threads a partition uses."""
+    import dask
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return environ
 
 
 def threads_per_task(workers: int | None, scheduler: str | None) -> int:
     """CPU threads each partition computes with: in one process, every core
-    ($XPTOOLS_THREADS); a local cluster shares this machine's cores among its workers; on a
-    cluster, $XPTOOLS_THREADS or one (a worker runs as many partitions at once as it has
-    threads)."""
+    ($XPTOOLS_THREADS); a local cluster shares this machine's cores among its workers (at most
+    $XPTOOLS_THREADS each); on a cluster, $XPTOOLS_THREADS or one (a worker runs as many
+    partitions at once as it has threads)."""
     from xptools.threads import cpu_threads
 
     if workers:
-        return max(1, (os.cpu_count() or 1) // workers)
+        return max(1, min(cpu_threads(), (os.cpu_count() or 1) // workers))
     if scheduler:
         return cpu_threads() if os.environ.get("XPTOOLS_THREADS", "").strip() else 1
     return cpu_threads()
@@ -64,14 +84,14 @@ def run_tasks(c, function, items: list, args: tuple, done) -> None:
     from distributed import as_completed
     from distributed.client import FutureCancelledError
 
-    futures = {c.submit(function, item, *args, pure=False, key=f"xptools-{i}-{os.getpid()}"):
-               item for i, item in enumerate(items)}
+    futures = {c.submit(function, item, *args, pure=False): item for item in items}
     try:
         for future in as_completed(futures):
             try:
                 result = future.result()
             except FutureCancelledError:
-                continue
+                raise UserError(f"{futures[future]}: cancelled by the cluster (its scheduler "
+                                f"restarted?); rerun to resume") from None
             except Exception as e:
                 if type(e).__name__ == "KilledWorker":
                     raise UserError(f"{futures[future]}: the workers running this partition "

@@ -112,8 +112,9 @@ def run_import(inputs: list[str], output: str, *, ra: str = "ra", dec: str = "de
                overwrite: bool = False, quiet: bool = False) -> dict:
     from hats.pixel_math import generate_alignment
 
-    if os.path.exists(output) and not overwrite:
-        raise UserError(f"{output} exists; use --overwrite to replace it")
+    from xptools.scale.catalogue import check_replace
+
+    check_replace(output, overwrite)   # only a catalogue is ever replaced
     parent = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(parent):
         raise UserError(f"-o {output}: folder {parent} does not exist")
@@ -140,26 +141,22 @@ def run_import(inputs: list[str], output: str, *, ra: str = "ra", dec: str = "de
         index = np.concatenate(indices) if indices else np.zeros(0, np.int64)
         if not len(index):
             raise UserError(f"{inputs[0]}: no rows; a catalogue needs at least one")
-        # 2. partitions: (order, pixel) of every row
+        # 2. partitions: the (order, pixel) of each occupied histogram cell, then of each row
+        cells, row_cell = np.unique(index >> (2 * (29 - highest_order)), return_inverse=True)
         if order is None:
             alignment = generate_alignment(histogram, highest_order=highest_order,
                                            threshold=max_rows)
-            cells = index >> (2 * (29 - highest_order))
-            lookup = {int(c): alignment[c] for c in np.unique(cells)}
-            orders = np.array([lookup[int(c)][0] for c in cells], np.int64)
-            pixels = np.array([lookup[int(c)][1] for c in cells], np.int64)
+            targets = np.array([alignment[c][:2] for c in cells], np.int64).reshape(-1, 2)
         else:
-            orders = np.full(len(index), order, np.int64)
-            pixels = index >> (2 * (29 - order))
-        # one number per partition that sorts as HEALPix order does (order 29 index of its
-        # first cell), so that partition_info lists them in the hats order
-        first_cell = pixels << (2 * (29 - orders))
-        partitions = sorted({(int(f), int(o), int(p))
-                             for f, o, p in zip(*np.unique(np.stack([first_cell, orders,
-                                                                     pixels]), axis=1))})
-        number = {(o, p): i for i, (_, o, p) in enumerate(partitions)}
-        row_partition = np.array([number[(int(o), int(p))] for o, p in zip(orders, pixels)]) \
-            if len(partitions) > 1 else np.zeros(len(index), np.int64)
+            targets = np.stack([np.full(len(cells), order, np.int64),
+                                cells >> (2 * (highest_order - order))], axis=1)
+        # sorted by the order-29 index of each partition's first cell: the HEALPix order
+        # partition_info lists them in
+        first_cell = targets[:, 1] << (2 * (29 - targets[:, 0]))
+        keys, cell_partition = np.unique(np.stack([first_cell, *targets.T], axis=1), axis=0,
+                                         return_inverse=True)
+        partitions = [tuple(int(v) for v in k) for k in keys]
+        row_partition = cell_partition.reshape(-1)[row_cell.reshape(-1)]
         tmp = atomic.temporary_beside(output, folder=True)
         spill = os.path.join(tmp, "spill")
         os.makedirs(spill)
@@ -178,8 +175,8 @@ def run_import(inputs: list[str], output: str, *, ra: str = "ra", dec: str = "de
         rows = _write_metadata(tmp, [(o, p) for _, o, p in partitions], histogram,
                                highest_order, name or os.path.basename(os.path.abspath(output)),
                                ra, dec, max_rows if order is None else None)
-        if overwrite and os.path.exists(output):
-            shutil.rmtree(output) if os.path.isdir(output) else os.remove(output)
+        if os.path.isdir(output):   # an empty folder, or a catalogue --overwrite replaces
+            shutil.rmtree(output)
         os.replace(tmp, output)
         atomic.done_with(tmp)
         tmp = None
