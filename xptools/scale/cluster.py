@@ -45,7 +45,7 @@ def client(workers: int | None, scheduler: str | None):
 
     with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment()}), \
             LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                         host="127.0.0.1", dashboard_address=None,
+                         host="127.0.0.1", dashboard_address="127.0.0.1:0",
                          silence_logs=logging.CRITICAL) as cluster, Client(cluster) as c:
         yield c
 
