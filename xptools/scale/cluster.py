@@ -53,10 +53,8 @@ def client(workers: int | None, scheduler: str | None):
 def worker_environment() -> dict:
     """Dask's environment for new worker processes, less MALLOC_TRIM_THRESHOLD_: glibc takes
     any explicit threshold as a reason to stop adapting its mmap threshold, so each chunk's
-    arrays (megabytes) are mapped and unmapped afresh, page fault by page fault. Measured
-    here: infer over 200,000 rows spent 20 s in the kernel with it, 5 s without
-    (benchmarks/bench_scale.py). The thread variables stay: `threads.limited` sets the
-    threads a partition uses."""
+    arrays (megabytes) are mapped and unmapped afresh, page fault by page fault (docs/scale.md).
+    The thread variables stay: `threads.limited` sets the threads a partition uses."""
     import dask
 
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
