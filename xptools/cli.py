@@ -386,7 +386,8 @@ def infer(
     from xptools.progress import print_warning
 
     counts = run_rows("infer", "xptools.infer:prepare",
-                      dict(model=_where(model), prefix=prefix, chunk_rows=chunk_rows), input, output,
+                      dict(model=_where(model), prefix=prefix, chunk_rows=chunk_rows),
+                      input, output,
                       format=format, input_format=input_format, overwrite=overwrite,
                       quiet=quiet, workers=workers, scheduler=scheduler, torch=True)
     if counts.get("unusable") and not quiet:
@@ -529,7 +530,8 @@ def embed(
     from xptools.progress import print_warning
 
     counts = run_rows("embed", "xptools.embed:prepare",
-                      dict(model=_where(model), prefix=prefix, chunk_rows=chunk_rows), input, output,
+                      dict(model=_where(model), prefix=prefix, chunk_rows=chunk_rows),
+                      input, output,
                       format=format, input_format=input_format, overwrite=overwrite,
                       quiet=quiet, workers=workers, scheduler=scheduler)
     if counts.get("unusable") and not quiet:

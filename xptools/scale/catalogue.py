@@ -8,11 +8,13 @@ Output (``-o`` a folder): the same partitions, each the command's output for the
 partition, written whole or not at all (a temporary file renamed into place). The folder is a
 catalogue once ``hats.properties`` is in it, and that is written last:
 
-1. ``xptools_run.json``: what is being run (the job, the input, the command line and time its
-   partitions carry, the CPU threads each partition computes with); a rerun with the same job
-   resumes, skipping finished partitions, with the first run's threads whatever its own
-   ``--workers``: torch's and BLAS's rounding depends on the thread count, and a resumed
-   catalogue is bit for bit the uninterrupted one;
+1. ``xptools_run.json``: what is being run (the job, the input and its partitions, the
+   xptools version, the command line and time its partitions carry, the CPU threads each
+   partition computes with); a rerun of the same job resumes, skipping finished partitions,
+   with the first run's threads whatever its own ``--workers``: torch's and BLAS's rounding
+   depends on the thread count, and a resumed catalogue's partitions are bit for bit the
+   uninterrupted run's. ``.xptools.lock``, held while a run writes the folder, keeps a
+   second run out;
 2. the partitions;
 3. temporaries that killed workers left are removed; ``dataset/_metadata`` and
    ``_common_metadata``, ``partition_info.csv`` (hats' writers);
@@ -53,8 +55,8 @@ def is_url(path: str) -> bool:
 
 
 def is_catalogue(path: str) -> bool:
-    """A folder or a URL: a catalogue, or an error saying why it is not one (a table is a
-    file)."""
+    """Is IN to be read as a catalogue: a folder or a URL (`Catalogue` says why one is
+    not a catalogue; a table is a file)?"""
     return is_url(path) or os.path.isdir(path)
 
 
