@@ -513,3 +513,21 @@ def test_relative_paths_reach_the_workers(tables, tmp_path, dask_cluster):
     ok(run("embed", tables / "sampled_cat", "-o", tmp_path / "here", "-q"))
     for a, b in paired(tmp_path / "here", tmp_path / "out"):
         assert_equal_tables(read_table(a), read_table(b))
+
+
+def test_a_model_changed_in_its_folder_is_another_run(tables, tmp_path):
+    """A rerun after the model was retrained in place would mix two models' partitions."""
+    import shutil
+
+    from xptools import models
+
+    model = tmp_path / "model"
+    shutil.copytree(models.default_path("embed"), model)
+    source, out = tables / "sampled_cat", tmp_path / "out"
+    ok(run("embed", source, "-o", out, "--model", model, "-q"))
+    os.remove(out / "hats.properties")          # as if killed before the end
+    config = json.loads((model / "config.json").read_text())
+    config["card_note"] = "retrained"           # any change to config.json or weights
+    (model / "config.json").write_text(json.dumps(config))
+    r = run("embed", source, "-o", out, "--model", model)
+    assert r.returncode == 1 and b"another run" in r.stderr

@@ -23,8 +23,10 @@ def prepare(model: str | None = None, prefix: str | None = None, chunk_rows: int
     """`xptools embed` as a job (`xptools.scale`): the model loaded once, then
     ``run(src, out, quiet, warn)`` per table."""
     loaded = models.load_latent(model, "embed")
-    return lambda src, out, quiet, warn: run_embed(src, out, loaded, prefix=prefix,
-                                                   chunk_rows=chunk_rows, quiet=quiet)
+    def run(src, out, quiet, warn) -> dict:
+        return run_embed(src, out, loaded, prefix=prefix, chunk_rows=chunk_rows, quiet=quiet)
+    run.models = [models.identity(loaded)]   # a resumed catalogue needs the same model
+    return run
 
 
 def run_embed(src: InputTable, out: TableWriter, model, *, prefix: str | None = None,

@@ -146,12 +146,15 @@ def prepare(model: str | None = None, reconstruct: bool = False, z_column: str =
     """`xptools generate` over a table (of latents, or of spectra with ``reconstruct``) as a
     job (`xptools.scale`): the model loaded once, then ``run(src, out, quiet, warn)``."""
     loaded = models.load_latent(model, "generate")
-    if reconstruct:
-        return lambda src, out, quiet, warn: run_reconstruct(src, out, loaded, prefix=prefix,
-                                                             chunk_rows=chunk_rows, quiet=quiet)
-    return lambda src, out, quiet, warn: run_generate(src, out, loaded, grid=None,
-                                                      z_column=z_column, prefix=prefix,
-                                                      chunk_rows=chunk_rows, quiet=quiet)
+
+    def run(src, out, quiet, warn) -> dict:
+        if reconstruct:
+            return run_reconstruct(src, out, loaded, prefix=prefix, chunk_rows=chunk_rows,
+                                   quiet=quiet)
+        return run_generate(src, out, loaded, grid=None, z_column=z_column, prefix=prefix,
+                            chunk_rows=chunk_rows, quiet=quiet)
+    run.models = [models.identity(loaded)]   # a resumed catalogue needs the same model
+    return run
 
 
 def run_reconstruct(src: InputTable, out: TableWriter, model, *, prefix: str | None = None,

@@ -43,8 +43,10 @@ def prepare(model: str | None = None, prefix: str | None = None, chunk_rows: int
     loaded = models.load(model or models.default_path("infer"))
     if not hasattr(loaded, "predict"):
         raise UserError(f"{model}: a {loaded.kind} model does not predict labels")
-    return lambda src, out, quiet, warn: run_infer(src, out, loaded, prefix=prefix,
-                                                   chunk_rows=chunk_rows, quiet=quiet)
+    def run(src, out, quiet, warn) -> dict:
+        return run_infer(src, out, loaded, prefix=prefix, chunk_rows=chunk_rows, quiet=quiet)
+    run.models = [models.identity(loaded)]   # a resumed catalogue needs the same model
+    return run
 
 
 def run_infer(src: InputTable, out: TableWriter, model, *, prefix: str | None = None,

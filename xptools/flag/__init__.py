@@ -300,9 +300,12 @@ def prepare(model: str | None = None, svae: str | None = None, cuts: str | None 
     options = FlagOptions.parse(cuts, sigma_max, quality, prefix=prefix,
                                 infer_prefix=infer_prefix)
     loaded, recon = load_models(model, svae)
-    return lambda src, out, quiet, warn: run_flag(src, out, loaded, recon, options,
-                                                  chunk_rows=chunk_rows, quiet=quiet,
-                                                  warn=warn)
+
+    def run(src, out, quiet, warn) -> dict:
+        return run_flag(src, out, loaded, recon, options, chunk_rows=chunk_rows, quiet=quiet,
+                        warn=warn)
+    run.models = [models.identity(m) for m in (loaded, recon)]   # the same, to resume
+    return run
 
 
 def run_flag(src: InputTable, out: TableWriter, model, svae, options: FlagOptions, *,

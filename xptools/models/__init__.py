@@ -77,12 +77,24 @@ def read_config(path: str) -> dict:
     return config
 
 
-def weights_checksum(path: str) -> str:
+def weights_checksum(path: str, names: tuple[str, ...] = (WEIGHTS,)) -> str:
+    """SHA-256 of the files ``names`` of a model directory (those present), in turn."""
     h = hashlib.sha256()
-    with open(os.path.join(path, WEIGHTS), "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for name in names:
+        if not os.path.exists(os.path.join(path, name)):
+            continue
+        with open(os.path.join(path, name), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
+
+
+def identity(model) -> str:
+    """What a loaded model's outputs depend on, as one SHA-256: its weights, its config.json
+    (calibration and detectors' settings included) and its detectors' arrays."""
+    from xptools import ood
+
+    return weights_checksum(model.path, (WEIGHTS, CONFIG, ood.FILE))
 
 
 def load(path: str):

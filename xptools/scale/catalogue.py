@@ -8,9 +8,9 @@ Output (``-o`` a folder): the same partitions, each the command's output for the
 partition, written whole or not at all (a temporary file renamed into place). The folder is a
 catalogue once ``hats.properties`` is in it, and that is written last:
 
-1. ``xptools_run.json``: what is being run (the job, the input and its partitions, the
-   xptools version, the command line and time its partitions carry, the CPU threads each
-   partition computes with); a rerun of the same job resumes, skipping finished partitions,
+1. ``xptools_run.json``: what is being run (the job and its models' SHA-256, the input and its
+   partitions, the xptools version, the command line and time its partitions carry, the CPU
+   threads each partition computes with); a rerun of the same job resumes, skipping finished partitions,
    with the first run's threads whatever its own ``--workers``: torch's and BLAS's rounding
    depends on the thread count, and a resumed catalogue's partitions are bit for bit the
    uninterrupted run's. ``.xptools.lock``, held while a run writes the folder, keeps a
@@ -169,7 +169,8 @@ class Output:
     """An output catalogue folder being written: checks, a lock, resume state, partition
     targets, and the metadata written last."""
 
-    def __init__(self, path: str, source: Catalogue, job, overwrite: bool, threads: int):
+    def __init__(self, path: str, source: Catalogue, job, models: list[str], overwrite: bool,
+                 threads: int):
         if is_url(path):
             raise UserError(f"-o {path}: xptools writes catalogues to a local or shared "
                             f"disk, not to a URL")
@@ -198,7 +199,7 @@ class Output:
             target = str(paths.pixel_catalog_file(self.root, HealpixPixel(order, pixel)))
             self.partitions.append(Partition(order, pixel, source_file, target))
         # what makes partitions alike: a rerun resumes only the same job on the same input
-        self.job_key = {"job": json.loads(job.key), "input": source.name,
+        self.job_key = {"job": json.loads(job.key), "models": models, "input": source.name,
                         "partitions": [[p.order, p.pixel] for p in self.partitions],
                         "xptools": __version__}
         if os.path.exists(state):
@@ -309,8 +310,9 @@ def run(job, source: Catalogue, output: str, *, format: str | None, overwrite: b
             raise UserError(f"-o {output}: with --workers or --scheduler the output is a "
                             f"catalogue: give -o a folder")
         return _into_file(job, source, output, format, overwrite, quiet, warn)
-    job.runner()   # the options and the model are checked here, before anything is written
-    out = Output(output, source, job, overwrite, cluster.threads_per_task(workers, scheduler))
+    runner = job.runner()   # the options and model are checked before anything is written
+    out = Output(output, source, job, getattr(runner, "models", []), overwrite,
+                 cluster.threads_per_task(workers, scheduler))
     try:
         todo = out.todo()
         if out.resumed and not quiet:
