@@ -210,7 +210,8 @@ class XPSource:
         self.kind = detect_layout(schema)
         if self.kind is None:
             raise UserError(f"{name}: no XP spectra (expected a flux column, or "
-                            f"bp_coefficients/rp_coefficients, or bp_coeff_0.. columns)")
+                            f"bp_coefficients/rp_coefficients, bp_coeff_0.. columns, or "
+                            f"coeff/coeff_error)")
         self._sampler = None
         if self.kind in CONTINUOUS:
             self.layout = ContinuousLayout(schema, name, why_both="models read both bands' "
