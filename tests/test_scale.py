@@ -531,3 +531,14 @@ def test_a_model_changed_in_its_folder_is_another_run(tables, tmp_path):
     (model / "config.json").write_text(json.dumps(config))
     r = run("embed", source, "-o", out, "--model", model)
     assert r.returncode == 1 and b"another run" in r.stderr
+
+
+def test_info_describes_a_catalogue_and_the_packed_layout(tables, tmp_path):
+    r = ok(run("info", tables / "continuous_cat", "--json"))
+    report = json.loads(r.stdout)
+    assert report["rows"] == N and report["format"].startswith("HATS catalogue, ")
+    assert f"{len(partitions(tables / 'continuous_cat'))} partitions" in report["format"]
+    assert "XP continuous (array columns" in report["layout"]
+    mmu_partition(tmp_path / "mmu.parquet")
+    r = ok(run("info", tmp_path / "mmu.parquet"))
+    assert b"XP continuous (coeff/coeff_error, BP then RP" in r.stdout

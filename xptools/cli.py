@@ -214,12 +214,12 @@ def sample(
 @app.command()
 @handles_errors("info")
 def info(
-    input: str = typer.Argument(..., help="A table ('-' for stdin)."),
+    input: str = typer.Argument(..., help="A table ('-' for stdin)" + CATALOGUE + "."),
     input_format: Optional[str] = INPUT_FORMAT,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     verbose: bool = VERBOSE,
 ) -> None:
-    """Rows, columns (shape, type, unit), XP layout and provenance of a table."""
+    """Rows, columns (shape, type, unit), XP layout and provenance of a table or catalogue."""
     from xptools.info import describe
 
     describe(input, input_format, as_json)

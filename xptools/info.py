@@ -1,4 +1,5 @@
-"""``xptools info``: what is in a table, without reading more of it than needed."""
+"""``xptools info``: what is in a table, or a HATS catalogue (its properties, and the columns
+of its first partition), without reading more of it than needed."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 
 from xptools.errors import UserError
 from xptools.io import open_table
-from xptools.xp import ContinuousLayout, detect_layout, sampled_grid
+from xptools.xp import CONTINUOUS, ContinuousLayout, detect_layout, sampled_grid
 
 PROVENANCE = ("XPTVERS", "XPTCMD", "XPTDATE")
 
@@ -15,12 +16,13 @@ PROVENANCE = ("XPTVERS", "XPTCMD", "XPTDATE")
 def _layout(first, name: str) -> str:
     """A one-line description of the XP content, from a table's first rows."""
     kind = detect_layout(first)
-    if kind in ("arrays", "columns"):
+    if kind in CONTINUOUS:
         try:
             layout = ContinuousLayout(first, name, bands=None)
         except UserError as e:
             return f"XP continuous, incomplete: {e}"
-        form = "array columns" if kind == "arrays" else "one column per coefficient"
+        form = {"arrays": "array columns", "columns": "one column per coefficient",
+                "packed": "coeff/coeff_error, BP then RP"}[kind]
         corr = "with" if layout.has_correlations else "without"
         return f"XP continuous ({form}, bands {'+'.join(layout.bands)}, {corr} correlations)"
     if kind == "sampled":
@@ -35,8 +37,23 @@ def _layout(first, name: str) -> str:
     return "no XP spectra"
 
 
+def _open(path: str, input_format: str | None):
+    """(the table to describe, what it is, its rows or None): a table, or a catalogue's first
+    partition with the catalogue's description and rows."""
+    from xptools.scale.catalogue import is_catalogue, open_catalogue, open_partition
+
+    if not is_catalogue(path):
+        return open_table(path, input_format), None, None
+    cat = open_catalogue(path)
+    orders = sorted({order for order, _, _ in cat.partitions})
+    what = (f"HATS catalogue, {len(cat.partitions)} partitions of HEALPix order "
+            f"{orders[0]}..{orders[-1]}; columns of the first partition")
+    return open_partition(cat.partitions[0][2]), what, cat.info.total_rows
+
+
 def describe(path: str, input_format: str | None, as_json: bool) -> None:
-    with open_table(path, input_format) as src:
+    table, catalogue, catalogue_rows = _open(path, input_format)
+    with table as src:
         schema = src.schema
         dtypes = {n: schema[n].dtype for n in schema.colnames}
         if src.nrows is not None:
@@ -51,10 +68,13 @@ def describe(path: str, input_format: str | None, as_json: bool) -> None:
                     if piece[n].dtype.kind == "U":
                         dtypes[n] = max(dtypes[n], piece[n].dtype, key=lambda d: d.itemsize)
         layout = _layout(first, src.name)
+        if catalogue is not None:
+            nrows = catalogue_rows
         columns = [{"name": n, "dtype": str(dtypes[n]),
                     "shape": list(schema[n].shape[1:]), "unit": schema.info[n].unit,
                     "description": schema.info[n].description} for n in schema.colnames]
-        report = {"file": src.name, "format": src.format, "rows": nrows, "layout": layout,
+        report = {"file": path if catalogue else src.name, "format": catalogue or src.format,
+                  "rows": nrows, "layout": layout,
                   "columns": columns,
                   "provenance": {k: schema.meta[k] for k in PROVENANCE if k in schema.meta},
                   "keywords": {k: v for k, v in schema.meta.items() if k not in PROVENANCE},
@@ -62,7 +82,7 @@ def describe(path: str, input_format: str | None, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report, indent=2, default=str))
         return
-    print(f"file:     {report['file']} ({report['format'].upper()})")
+    print(f"file:     {report['file']} ({catalogue or report['format'].upper()})")
     print(f"rows:     {nrows}")
     print(f"layout:   {layout}")
     print(f"columns:  {len(columns)}")
