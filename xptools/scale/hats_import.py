@@ -19,8 +19,9 @@ columns this adds are the centre of that pixel, within 0.9 arcmin of the source,
 in their descriptions. Cross-match such a catalogue by id, not by position.
 
 The catalogue is built in a temporary folder beside ``-o`` and renamed into place when
-complete: an interrupted import leaves nothing behind. Memory: the positions' spatial index
-(8 bytes a row), the histogram, and one partition at a time.
+complete: an interrupted import leaves nothing behind. Memory: about 32 bytes a row (the
+spatial index, each row's histogram cell and partition), the histogram (12 4^K 8 bytes), and
+one partition at a time.
 """
 
 from __future__ import annotations
