@@ -186,8 +186,7 @@ class Output:
         os.makedirs(self.root, exist_ok=True)
         self._lock = _lock(self.root)
         state = os.path.join(self.root, STATE)
-        if overwrite and os.path.exists(os.path.join(self.root, "hats.properties")) or \
-                overwrite and os.path.exists(state):
+        if overwrite:   # check_replace let through only a catalogue (or an empty folder)
             for name in os.listdir(self.root):   # all but the lock this run holds
                 if name != LOCK:
                     atomic.discard(os.path.join(self.root, name))
@@ -227,10 +226,6 @@ class Output:
 
     def finish(self) -> int:
         """The metadata, hats.properties last; returns the rows."""
-        from hats.catalog import PartitionInfo, TableProperties
-        from hats.io import parquet_metadata
-        from hats.pixel_math import HealpixPixel
-
         missing = [p for p in self.partitions if not os.path.exists(p.target)]
         if missing:
             raise UserError(f"{self.root}: {len(missing)} partitions were not written (first "
@@ -241,34 +236,49 @@ class Output:
         dataset = os.path.join(self.root, "dataset")
         for tmp in glob.glob(os.path.join(dataset, "**", ".*.part"), recursive=True):
             atomic.discard(tmp)
-        try:
-            rows = parquet_metadata.write_parquet_metadata(self.root)
-        except Exception as e:
-            raise UserError(f"{self.root}: cannot write the catalogue's _metadata "
-                            f"({type(e).__name__}: {first_line(e)}); do the partitions' "
-                            f"columns differ?") from None
-        PartitionInfo.from_healpix([HealpixPixel(p.order, p.pixel) for p in self.partitions]) \
-            .write_to_file(catalog_path=self.root)
         fields = self.source.info.model_dump(by_alias=False, exclude_none=True)
         for stale in ("default_columns", "skymap_order", "skymap_alt_orders", "hats_max_bytes",
                       "hats_estsize", "moc_sky_fraction"):
             fields.pop(stale, None)   # the input's columns and files, not this catalogue's
-        fields.update(catalog_name=os.path.basename(self.root), total_rows=int(rows),
-                      **TableProperties.new_provenance_dict(self.root,
-                                                            builder=f"xptools {__version__}"),
-                      xptools_command=self.run.command, xptools_date=self.run.time)
-        properties = TableProperties(**fields)
-        for name in PROPERTIES:
-            target = os.path.join(self.root, name)
-            tmp = atomic.temporary_beside(target)
-            properties.to_properties_file_path(Path(tmp), initial_comments="HATS catalog")
-            os.replace(tmp, target)
-            atomic.done_with(tmp)
+        fields["catalog_name"] = os.path.basename(self.root)
+        rows = write_metadata(self.root, [(p.order, p.pixel) for p in self.partitions],
+                              fields, self.run)
         self.release()
-        return int(rows)
+        return rows
 
     def release(self) -> None:
         _unlock(self._lock)
+
+
+def write_metadata(root: str, partitions: list[tuple[int, int]], fields: dict,
+                   run: provenance.Run) -> int:
+    """A catalogue's metadata once its partitions are written (hats' writers):
+    ``dataset/_metadata`` and ``_common_metadata``, ``partition_info.csv``, then ``properties``
+    and, last, ``hats.properties`` (each renamed into place): ``fields`` (its name included)
+    with the rows and the xptools provenance. Returns the rows."""
+    from hats.catalog import PartitionInfo, TableProperties
+    from hats.io import parquet_metadata
+    from hats.pixel_math import HealpixPixel
+
+    try:
+        rows = int(parquet_metadata.write_parquet_metadata(root))
+    except Exception as e:
+        raise UserError(f"{root}: cannot write the catalogue's _metadata "
+                        f"({type(e).__name__}: {first_line(e)}); do the partitions' "
+                        f"columns differ?") from None
+    PartitionInfo.from_healpix([HealpixPixel(o, p) for o, p in partitions]) \
+        .write_to_file(catalog_path=root)
+    properties = TableProperties(**{
+        **fields, "total_rows": rows,
+        **TableProperties.new_provenance_dict(root, builder=f"xptools {__version__}"),
+        "xptools_command": run.command, "xptools_date": run.time})
+    for name in PROPERTIES:
+        target = os.path.join(root, name)
+        tmp = atomic.temporary_beside(target)
+        properties.to_properties_file_path(Path(tmp), initial_comments="HATS catalog")
+        os.replace(tmp, target)
+        atomic.done_with(tmp)
+    return rows
 
 
 LOCK = ".xptools.lock"
@@ -321,16 +331,17 @@ def run(job, source: Catalogue, output: str, *, format: str | None, overwrite: b
                   flush=True)
         total: dict = {"rows": 0}
         warnings: list[str] = []
-        finished = [out.resumed]
+        finished = out.resumed
 
         with progress(len(out.partitions), job.command, quiet, unit="partitions") as bar:
             bar.update(out.resumed)
 
             def done(part, result):
+                nonlocal finished
                 add_counts(total, result["counts"])
                 warnings.extend(m.replace(part.source, source.name)
                                 for m in result["warnings"])
-                finished[0] += 1
+                finished += 1
                 bar.update(1)
 
             try:
@@ -342,7 +353,7 @@ def run(job, source: Catalogue, output: str, *, format: str | None, overwrite: b
                     for part in todo:
                         done(part, run_partition(part, job, out.run, out.threads))
             except KeyboardInterrupt as e:   # what is done stays done: say how to go on
-                e.left = (f"{finished[0]} of {len(out.partitions)} partitions are in "
+                e.left = (f"{finished} of {len(out.partitions)} partitions are in "
                           f"{output}; the same command resumes")
                 raise
         out.finish()

@@ -31,12 +31,11 @@ import shutil
 
 import numpy as np
 
-from xptools import __version__
 from xptools.errors import UserError
 from xptools.io import InputTable, TableWriter, concat, open_table
 from xptools.io import atomic
 from xptools.progress import progress
-from xptools.provenance import Run, command_line, running, stamp
+from xptools.provenance import Run, running, stamp
 
 INDEX = "_healpix_29"
 OPEN_FILES = 256   # partitions written at once in one pass over the inputs
@@ -161,9 +160,10 @@ def run_import(inputs: list[str], output: str, *, ra: str = "ra", dec: str = "de
         tmp = atomic.temporary_beside(output, folder=True)
         spill = os.path.join(tmp, "spill")
         os.makedirs(spill)
+        run = Run.now()
         # 3. rows into partitions, OPEN_FILES partitions per pass
         with progress(len(partitions), "hats-import: partitions", quiet,
-                      unit="partitions") as bar, running(Run.now()):   # one stamp for all
+                      unit="partitions") as bar, running(run):   # one stamp for all
             for start in range(0, len(partitions), OPEN_FILES):
                 group = range(start, min(start + OPEN_FILES, len(partitions)))
                 _spill(sources, row_partition, index, group, spill, chunk_rows,
@@ -175,7 +175,7 @@ def run_import(inputs: list[str], output: str, *, ra: str = "ra", dec: str = "de
         shutil.rmtree(spill)
         rows = _write_metadata(tmp, [(o, p) for _, o, p in partitions], histogram,
                                highest_order, name or os.path.basename(os.path.abspath(output)),
-                               ra, dec, max_rows if order is None else None)
+                               ra, dec, max_rows if order is None else None, run)
         if os.path.isdir(output):   # an empty folder, or a catalogue --overwrite replaces
             shutil.rmtree(output)
         os.replace(tmp, output)
@@ -243,19 +243,14 @@ def _write_partition(spilled: str, root: str, order: int, pixel: int) -> None:
 
 def _write_metadata(root: str, partitions: list[tuple[int, int]], histogram: np.ndarray,
                     histogram_order: int, name: str, ra: str, dec: str,
-                    max_rows: int | None) -> int:
-    from hats.catalog import CatalogType, PartitionInfo, TableProperties
-    from hats.io import parquet_metadata, skymap
-    from hats.pixel_math import HealpixPixel
+                    max_rows: int | None, run: Run) -> int:
+    from hats.catalog import CatalogType
+    from hats.io import skymap
 
-    rows = parquet_metadata.write_parquet_metadata(root)
-    PartitionInfo.from_healpix([HealpixPixel(o, p) for o, p in partitions]) \
-        .write_to_file(catalog_path=root)
+    from xptools.scale.catalogue import write_metadata
+
     skymap.write_skymap(histogram, root)
     extra = {"hats_max_rows": max_rows} if max_rows else {}
-    TableProperties(catalog_name=name, catalog_type=CatalogType.OBJECT, total_rows=int(rows),
-                    ra_column=ra, dec_column=dec, healpix_column=INDEX, healpix_order=29,
-                    skymap_order=histogram_order, **extra,
-                    **TableProperties.new_provenance_dict(root, builder=f"xptools {__version__}"),
-                    xptools_command=command_line()).to_properties_file(root)
-    return int(rows)
+    return write_metadata(root, partitions, dict(
+        catalog_name=name, catalog_type=CatalogType.OBJECT, ra_column=ra, dec_column=dec,
+        healpix_column=INDEX, healpix_order=29, skymap_order=histogram_order, **extra), run)
