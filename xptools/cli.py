@@ -60,8 +60,13 @@ CATALOGUE = " or a HATS catalogue (folder or URL)"
 
 
 def _where(path: Optional[str]) -> Optional[str]:
-    """A model folder as workers elsewhere find it: absolute (a URL as it is)."""
-    return path if path is None or "://" in path else os.path.abspath(path)
+    """A model folder as workers elsewhere find it: absolute (a URL as it is); a shipped
+    model's name (e.g. forward-apogee) where no such folder is here."""
+    if path is None or "://" in path:
+        return path
+    from xptools.models import shipped
+
+    return os.path.abspath(shipped(path))
 
 
 def run_rows(command: str, prepare: str, options: dict, input: str, output: str, *,
@@ -80,8 +85,8 @@ def run_rows(command: str, prepare: str, options: dict, input: str, output: str,
 
 
 def model_option(shipped: str) -> typer.models.OptionInfo:
-    return typer.Option(None, "--model", help=f"Model directory (default: the shipped "
-                        f"{shipped} model).")
+    return typer.Option(None, "--model", help=f"Model directory, or a shipped model's name "
+                        f"(msa-apogee, svae-apogee, forward-apogee; default: {shipped}).")
 
 
 def prefix_option(example: str) -> typer.models.OptionInfo:
@@ -334,8 +339,9 @@ def train(
                                      help="Table of XP spectra (sampled or coefficients), with "
                                           "label columns for msa."),
     output: str = typer.Option(..., "-o", "--output", help="Model directory to write."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model kind: msa (default; needs labels) or "
-                                         "svae (spectra alone)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model kind: msa (default; needs labels), "
+                                         "svae (spectra alone) or forward (labels, 2MASS and "
+                                         "an extinction prior; ZGR23)."),
     labels: Optional[str] = typer.Option(None, "--labels",
                                          help="Label columns, e.g. teff,logg,fe_h,alpha_m."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="JSON file of settings "
@@ -347,13 +353,16 @@ def train(
                                 "its checkpoints (in OUTPUT.partial/)."),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", min=0,
                                          help="Checkpoint every N steps (and every epoch)."),
+    ext_prior: Optional[str] = typer.Option(None, "--ext-prior", metavar="COLUMN",
+                                            help="forward: the column of each star's "
+                                            "extinction prior (default ak_targ)."),
     input_format: Optional[str] = INPUT_FORMAT,
     overwrite: bool = OVERWRITE,
     quiet: bool = QUIET,
     verbose: bool = VERBOSE,
 ) -> None:
-    """Train a model (msa from a table with labels, svae from spectra alone); prints the
-    validation report."""
+    """Train a model (msa from a table with labels, svae from spectra alone, forward from
+    labels, 2MASS and an extinction prior); prints the validation report."""
     torch_with(cpu_threads())
     from xptools.train import run_train
 
@@ -361,7 +370,7 @@ def train(
               labels=[l.strip() for l in labels.split(",") if l.strip()] if labels else None,
               recipe_path=recipe, valid_path=valid, seed=seed, resume=resume,
               overwrite=overwrite, checkpoint_every=checkpoint_every,
-              input_format=input_format, quiet=quiet)
+              input_format=input_format, quiet=quiet, ext_prior=ext_prior)
 
 
 @app.command(epilog=flags.help_text("infer"))
@@ -372,6 +381,8 @@ def infer(
     output: str = ROWS_OUTPUT,
     model: Optional[str] = model_option("msa-apogee"),
     prefix: Optional[str] = prefix_option("e.g. msa gives msa_teff, ..."),
+    covariance: bool = typer.Option(False, "--covariance", help="Forward models: add each "
+                                    "fit's covariance (labels, ext[, parallax])."),
     chunk_rows: int = CHUNK_ROWS,
     workers: Optional[int] = WORKERS,
     scheduler: Optional[str] = SCHEDULER,
@@ -381,12 +392,14 @@ def infer(
     quiet: bool = QUIET,
     verbose: bool = VERBOSE,
 ) -> None:
-    """Stellar labels with uncertainties (and infer_flag) for every row; columns pass through."""
+    """Stellar labels with uncertainties (and infer_flag) for every row; columns pass through.
+    A forward model fits each star: labels, ext, ebv, chi2 (docs/forward.md)."""
     torch_with(cpu_threads())
     from xptools.progress import print_warning
 
     counts = run_rows("infer", "xptools.infer:prepare",
-                      dict(model=_where(model), prefix=prefix, chunk_rows=chunk_rows),
+                      dict(model=_where(model), prefix=prefix, chunk_rows=chunk_rows,
+                           covariance=covariance),
                       input, output,
                       format=format, input_format=input_format, overwrite=overwrite,
                       quiet=quiet, workers=workers, scheduler=scheduler, torch=True)
@@ -553,6 +566,12 @@ def generate(
                                     "START:STOP:STEP, e.g. '-2:2:0.5,0,0,0,0,0'."),
     reconstruct: bool = typer.Option(False, "--reconstruct", help="Encode and decode the "
                                      "spectra of IN; add z, chi2 and outlier_percentile."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="Forward models: a grid of labels "
+                                       "instead of a table, NAME=VALUE or NAME=START:STOP:STEP, "
+                                       "e.g. 'teff=4000:7000:250,logg=4.6,fe_h=0,ext=0:1:0.25'."),
+    extinction_curve: bool = typer.Option(False, "--extinction-curve", help="Forward models: "
+                                          "write the learned extinction curve R(lambda), "
+                                          "normalised and beside CCM R_V=3.1."),
     z_column: str = typer.Option("z", "--z-column", help="Column of LATENTS holding z."),
     prefix: Optional[str] = prefix_option("other than flux and flux_scatter"),
     chunk_rows: int = CHUNK_ROWS,
@@ -565,9 +584,31 @@ def generate(
     verbose: bool = VERBOSE,
 ) -> None:
     """Spectra (flux, flux_scatter) decoded from latents, or reconstructions with chi2 and an
-    outlier percentile (--reconstruct)."""
+    outlier percentile (--reconstruct); with a forward model, spectra and 2MASS magnitudes
+    from labels and extinction (a table, or --grid), or its extinction curve."""
     from xptools.progress import print_warning
 
+    if grid is not None or extinction_curve:
+        from xptools import models
+        from xptools.generate import extinction_curve as curve, label_grid, run_forward
+        from xptools.io import TableWriter
+
+        if input is not None or z is not None or reconstruct or grid and extinction_curve:
+            raise UserError("--grid and --extinction-curve stand alone: no table, --z, "
+                            "--reconstruct or each other")
+        if workers or scheduler:
+            raise UserError("--workers and --scheduler run over a HATS catalogue")
+        loaded = models.load(_where(model) or models.default_path("generate"))
+        if loaded.kind != "forward":
+            raise UserError(f"--grid and --extinction-curve need a forward model, not "
+                            f"{loaded.kind} (give --model DIR)")
+        rows = label_grid(grid, loaded) if grid is not None else None
+        with TableWriter(output, format, overwrite, write_behind=True) as out:
+            if extinction_curve:
+                out.write(curve(loaded))
+            else:
+                run_forward(None, out, loaded, grid=rows, prefix=prefix, quiet=quiet)
+        return
     if (input is None) == (z is None):
         raise UserError("give a table of latents (or spectra, with --reconstruct) or --z, "
                         "one of them")
@@ -581,7 +622,7 @@ def generate(
         if workers or scheduler:
             raise UserError("--workers and --scheduler run over a HATS catalogue, not --z")
         with TableWriter(output, format, overwrite, write_behind=True) as out:
-            loaded = models.load_latent(model, "generate")
+            loaded = models.load_latent(_where(model), "generate")
             run_generate(None, out, loaded, grid=latent_grid(z, loaded.latent), quiet=quiet)
         return
     counts = run_rows("generate", "xptools.generate:prepare",
@@ -653,7 +694,7 @@ def plot(
     if reconstruct:
         from xptools import models
 
-        loaded = models.load_latent(model, "generate")
+        loaded = models.load_latent(_where(model), "generate")
     else:
         loaded = None
     with open_table(input, input_format) as src:

@@ -22,6 +22,12 @@ FLUX_EXCESS_LIMIT = 3.0  # in units of sigma_C*(G)
 # ... and from a calibrated model (`xptools calibrate -o`): a raw prediction outside the range
 # the calibration was fitted on
 FLAG_OUTSIDE_CALIBRATION = 512
+# ... and from the per-star fits of a forward model (ZGR23 Table 2, recomputed for the model)
+FLAG_FIT_CHI2 = 1024         # chi2/dof above the model's chi2_limit (2)
+FLAG_LOW_PRIOR = 2048        # ln_prior below the value enclosing 99.9% of the prior's mass
+FLAG_PARALLAX_TENSION = 4096  # fitted parallax more than 10 sigma from the table's
+FLAG_NOT_CONVERGED = 8192    # the fit did not converge, or its Fisher matrix is not positive
+FLAG_EXT_AT_BOUND = 16384    # E at the bound of the fit (1e-3 or 5)
 
 _XP = {
     FLAG_NO_XP: "no usable XP spectrum (missing, or its flux not positive as a whole)",
@@ -50,6 +56,15 @@ BITS = {
         FLAG_OUTSIDE_CALIBRATION: "a prediction outside the range the model's calibration "
                                   "was fitted on (xptools calibrate -o): its calibrated value "
                                   "and error are extrapolated",
+        FLAG_FIT_CHI2: "(forward models) chi2/dof > 2: the forward model does not explain "
+                       "the spectrum",
+        FLAG_LOW_PRIOR: "(forward models) ln_prior below the value that encloses 99.9% of the "
+                        "label prior's mass: labels unlike the training stars'",
+        FLAG_PARALLAX_TENSION: "(forward models, absolute) the fitted parallax is more than 10 "
+                               "sigma from the table's parallax",
+        FLAG_NOT_CONVERGED: "(forward models) the fit did not converge, or its Fisher matrix "
+                            "is not positive definite: errors unreliable",
+        FLAG_EXT_AT_BOUND: "(forward models) ext at a bound of the fit (0.001 or 5)",
     },
     "embed": _LATENT,
     "generate": {**_LATENT,

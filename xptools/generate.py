@@ -143,8 +143,20 @@ def run_generate(src: InputTable | None, out: TableWriter, model, *, grid: np.nd
 
 def prepare(model: str | None = None, reconstruct: bool = False, z_column: str = "z",
             prefix: str | None = None, chunk_rows: int = 20_000):
-    """`xptools generate` over a table (of latents, or of spectra with ``reconstruct``) as a
-    job (`xptools.scale`): the model loaded once, then ``run(src, out, quiet, warn)``."""
+    """`xptools generate` over a table (of latents, or of spectra with ``reconstruct``; of
+    labels for a forward model) as a job (`xptools.scale`): the model loaded once, then
+    ``run(src, out, quiet, warn)``."""
+    if model is not None and models.read_config(model)["kind"] == "forward":
+        if reconstruct:
+            raise UserError("--reconstruct is for svae models; a forward model fits spectra "
+                            "with xptools infer")
+        loaded = models.load(model)
+
+        def run(src, out, quiet, warn) -> dict:
+            return run_forward(src, out, loaded, prefix=prefix, chunk_rows=chunk_rows,
+                               quiet=quiet)
+        run.models = [models.identity(loaded)]
+        return run
     loaded = models.load_latent(model, "generate")
 
     def run(src, out, quiet, warn) -> dict:
@@ -222,3 +234,116 @@ def reconstruction(model, chunk: Table, xp: np.ndarray,
     return {"z": z, "z_error": z_error, "chi2": statistics["chi2"],
             "outlier_percentile": model.outlier_percentile(statistics), "g": g,
             "flags": flags}
+
+
+# -- forward models (`xptools.models.forward`): spectra from labels and extinction -----------
+
+FORWARD_OUTPUTS = ("j_m", "h_m", "ks_m", "generate_flag")
+
+
+def label_grid(text: str, model) -> Table:
+    """Rows of labels from '--grid': NAME=VALUE or NAME=START:STOP:STEP, comma-separated; the
+    model's labels are needed, ext (default 0) and, for an absolute model, parallax (mas,
+    default 1) may be given; the rows are every combination."""
+    names = model.labels + ["ext"] + (["parallax"] if model.absolute else [])
+    axes = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, equals, value = part.partition("=")
+        name = name.strip()
+        if not equals or name not in names:
+            raise UserError(f"--grid {text!r}: {part!r} is not NAME=VALUE or "
+                            f"NAME=START:STOP:STEP with NAME one of {', '.join(names)}")
+        try:
+            axes[name] = parse_grid(value) if ":" in value else np.array([float(value)])
+        except ValueError:
+            raise UserError(f"--grid {text!r}: {value!r} is not a number") from None
+    missing = [l for l in model.labels if l not in axes]
+    if missing:
+        raise UserError(f"--grid {text!r}: give {missing[0]} (the model's labels: "
+                        f"{', '.join(model.labels)})")
+    axes.setdefault("ext", np.array([0.0]))
+    rows = int(np.prod([len(a) for a in axes.values()]))
+    if rows > MAX_GRID_ROWS:
+        raise UserError(f"--grid {text!r} makes {rows:,} spectra (at most {MAX_GRID_ROWS:,})")
+    values = np.array(list(itertools.product(*axes.values())), dtype=np.float64)
+    table = Table()
+    for j, name in enumerate(axes):
+        table.add_column(name, values[:, j])
+    return table
+
+
+def run_forward(src: InputTable | None, out: TableWriter, model, *, grid: Table | None = None,
+                prefix: str | None = None, chunk_rows: int = 20_000,
+                quiet: bool = False) -> dict:
+    """Spectra of a forward model for the labels (and ext, parallax) of each row: ``flux`` on
+    the model's grid and 2MASS J, H, Ks magnitudes. A relative model's spectrum is scaled to
+    the row's phot_g_mean_mag (a star of G = 0 without one); an absolute model's is the flux
+    at the row's parallax (1 mas without one)."""
+    from xptools.models.features import float_column, label_array
+    from xptools.models.forward import TWO_MASS, XP_WAVELENGTHS
+
+    names = models.column_names(prefix, list(FORWARD_OUTPUTS))
+    keywords = {**models.keywords(model), "XPKIND": "sampled", **grid_keywords(XP_WAVELENGTHS)}
+    if src is None:
+        chunks, total, name = [grid], len(grid), "--grid"
+    else:
+        label_array(src.schema, model.labels, src.name)   # the labels are there
+        models.check_clash(src.schema, list(names.values()), src.name)
+        chunks, total, name = src.chunks(chunk_rows, read_ahead=True), src.nrows, src.name
+    n_xp = len(XP_WAVELENGTHS)
+    counts = {"rows": 0, "unusable": 0}
+    with progress(total, "generate", quiet) as bar:
+        for chunk in chunks:
+            n = len(chunk)
+            labels = label_array(chunk, model.labels, name)
+            ext = float_column(chunk, "ext", n) if "ext" in chunk else np.zeros(n)
+            parallax = float_column(chunk, "parallax", n) if "parallax" in chunk else np.ones(n)
+            ok = np.isfinite(labels).all(axis=1) & np.isfinite(ext) & (ext >= 0)
+            if model.absolute:
+                ok &= np.isfinite(parallax) & (parallax > 0)
+            spectra = np.full((n, model.n_points), np.nan)
+            if ok.any():
+                spectra[ok] = model.spectra(labels[ok], ext[ok], parallax[ok])
+            if not model.absolute:   # to the row's G (G = 0 without one)
+                g = float_column(chunk, "phot_g_mean_mag", n)
+                g = np.where(np.isfinite(g), g, 0.0)
+                own = model.features._g_from_xp(spectra[:, :n_xp])
+                spectra *= 10.0 ** (-0.4 * (g - own))[:, None]
+            table = _layout(model, chunk, {}) if src is not None else chunk
+            for key in GRID_KEYWORDS:
+                table.meta.pop(key, None)
+            table = stamp(table, keywords)
+            table.add_column("flux", spectra[:, :n_xp].astype(np.float32), unit=UNIT,
+                             description="model spectrum (forward model)")
+            for j, (band, (_, zero)) in enumerate(TWO_MASS.items()):   # ZGR23 Eq. 5
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    mag = -2.5 * np.log10(spectra[:, n_xp + j] / zero)
+                table.add_column(names[band], mag.astype(np.float32), unit="mag",
+                                 description=f"2MASS {band[:-2].upper()} (forward model)")
+            flags = np.where(ok, 0, FLAG_UNUSABLE)
+            table.add_column(names["generate_flag"], flags.astype(np.int16),
+                             description=description("generate"))
+            out.write(table)
+            counts["rows"] += n
+            counts["unusable"] += int(np.count_nonzero(~ok))
+            bar.update(n)
+    return counts
+
+
+def extinction_curve(model) -> Table:
+    """The learned extinction curve of a forward model as a table (`forward.curve_table`)."""
+    from xptools.models.forward import curve_table
+
+    curve = curve_table(model)
+    table = Table()
+    table.add_column("wavelength", curve["wavelength"], unit="nm",
+                     description="data point wavelength (XP samples, then 2MASS J, H, Ks)")
+    table.add_column("r", curve["r"], description="learned R(lambda): f = f_abs exp(-E R)"
+                     + ("" if model.absolute else "; its grey part is not identified "
+                        "(relative model): only R - R(Ks) means anything"))
+    table.add_column("r_normalised", curve["r_normalised"],
+                     description="(R - R(Ks)) / (R(442 nm) - R(552 nm))")
+    table.add_column("ccm_normalised", curve["ccm_normalised"],
+                     description="Cardelli, Clayton & Mathis (1989) R_V = 3.1: "
+                                 "(A - A(Ks)) / E(B-V)")
+    return stamp(table, models.keywords(model))

@@ -35,15 +35,24 @@ def output_names(labels: list[str], prefix: str | None) -> tuple[dict[str, list[
     return columns, names["infer_flag"]
 
 
-def prepare(model: str | None = None, prefix: str | None = None, chunk_rows: int = 20_000):
+def prepare(model: str | None = None, prefix: str | None = None, chunk_rows: int = 20_000,
+            covariance: bool = False):
     """`xptools infer` as a job (`xptools.scale`): the model loaded once, then
     ``run(src, out, quiet, warn)`` per table."""
     from xptools.errors import UserError
 
     loaded = models.load(model or models.default_path("infer"))
-    if not hasattr(loaded, "predict"):
+    fits = hasattr(loaded, "fit_stars")
+    if not (hasattr(loaded, "predict") or fits):
         raise UserError(f"{model}: a {loaded.kind} model does not predict labels")
+    if covariance and not fits:
+        raise UserError(f"--covariance is for forward models (per-star fits), not "
+                        f"{loaded.kind}")
+
     def run(src, out, quiet, warn) -> dict:
+        if fits:
+            return run_fits(src, out, loaded, prefix=prefix, chunk_rows=chunk_rows,
+                            covariance=covariance, quiet=quiet)
         return run_infer(src, out, loaded, prefix=prefix, chunk_rows=chunk_rows, quiet=quiet)
     run.models = [models.identity(loaded)]   # a resumed catalogue needs the same model
     return run
@@ -82,4 +91,56 @@ def run_infer(src: InputTable, out: TableWriter, model, *, prefix: str | None = 
             counts["rows"] += len(chunk)
             counts["unusable"] += int(np.count_nonzero(pred["flag"] & FLAG_UNUSABLE))
             counts["flagged"] += int(np.count_nonzero(flags))
+    return counts
+
+
+FIT_UNITS = {"teff": "K", "parallax": "mas", "ext": "mag", "ebv": "mag"}
+FIT_WHAT = {"ext": "E, extinction on the scale of the model's prior", "ebv": "E(B-V) = ext x "
+            "1.0857 (R(442 nm) - R(552 nm)) with the learned curve", "parallax": "parallax"}
+
+
+def run_fits(src: InputTable, out: TableWriter, model, *, prefix: str | None = None,
+             chunk_rows: int = 20_000, covariance: bool = False, quiet: bool = False) -> dict:
+    """Per-star fits of a forward model (`xptools.models.forward`): labels, ext, ebv (and
+    parallax) with Fisher errors, chi2, dof, ln_prior (and the covariance), and infer_flag."""
+    fitted = model.labels + ["ext", "ebv"] + (["parallax"] if model.absolute else [])
+    columns, flag_name = output_names(fitted, prefix)
+    extra = models.column_names(prefix, ["chi2", "dof", "ln_prior", "covariance"])
+    if not covariance:
+        extra.pop("covariance")
+    models.check_clash(src.schema, [c for names in columns.values() for c in names]
+                       + list(extra.values()) + [flag_name], src.name)
+    source = XPSource(src.schema, src.name, model.features, with_errors=True)
+    keywords = models.keywords(model)
+    counts = {"rows": 0, "unusable": 0, "flagged": 0}
+    with progress(src.nrows, "infer", quiet) as bar:
+        for chunk in src.chunks(chunk_rows, read_ahead=True):
+            fit = model.fit_stars(chunk, src.name, source, advance=bar.update)
+            table = stamp(chunk.select(chunk.colnames), keywords)
+            for label, names in columns.items():
+                value, error = fit["values"][label], fit["errors"][label]
+                what = FIT_WHAT.get(label, label) + (", in dex" if label in IN_DEX else "")
+                for name, data, kind in zip(names, (value, error, value - error,
+                                                    value + error),
+                                            ("best fit", "1-sigma error (Fisher)",
+                                             "best fit - error", "best fit + error")):
+                    table.add_column(name, data.astype(np.float32), unit=FIT_UNITS.get(label),
+                                     description=f"{what} {kind} (forward model)")
+            table.add_column(extra["chi2"], fit["chi2"].astype(np.float32),
+                             description="chi2 of the best fit (full covariance)")
+            table.add_column(extra["dof"], fit["dof"].astype(np.int16),
+                             description="degrees of freedom: data points - parameters")
+            table.add_column(extra["ln_prior"], fit["ln_prior"].astype(np.float32),
+                             description="ln of the label prior (GMM) at the best fit, "
+                                         "labels in K, dex, dex")
+            if covariance:
+                table.add_column(extra["covariance"], fit["covariance"].astype(np.float32),
+                                 description="covariance of " + ", ".join(
+                                     model.labels + ["ext"] + fitted[5:]) + " (Fisher)")
+            table.add_column(flag_name, fit["flags"].astype(np.int16),
+                             description=description("infer"))
+            out.write(table)
+            counts["rows"] += len(chunk)
+            counts["unusable"] += int(np.count_nonzero(fit["flags"] & FLAG_UNUSABLE))
+            counts["flagged"] += int(np.count_nonzero(fit["flags"]))
     return counts

@@ -271,7 +271,7 @@ def _detectors(model, table, name: str, seed: int, quiet: bool):
 def run_train(kind: str, train_path: str, output: str, *, labels: list[str] | None,
               recipe_path: str | None, valid_path: str | None, seed: int | None, resume: bool,
               overwrite: bool, checkpoint_every: int, input_format: str | None,
-              quiet: bool) -> dict:
+              quiet: bool, ext_prior: str | None = None) -> dict:
     """`xptools train`: read the data, fit the model stage by stage (checkpointed under
     ``<output>.partial/``), report on the validation data, write the model directory."""
     import hashlib
@@ -290,6 +290,11 @@ def run_train(kind: str, train_path: str, output: str, *, labels: list[str] | No
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"{recipe_path}: cannot read the recipe ({e})") from None
     kind = kind or recipe.get("model", "msa")
+    if ext_prior:
+        if kind != "forward":
+            raise UserError("--ext-prior is for --model forward (the column of the extinction "
+                            "prior)")
+        recipe = {**recipe, "ext_prior": ext_prior}
     labels = labels or recipe.get("labels")
     seed = seed if seed is not None else int(recipe.get("seed", 0))
     if os.path.exists(output) and not overwrite:
@@ -309,7 +314,10 @@ def run_train(kind: str, train_path: str, output: str, *, labels: list[str] | No
         print(f"xptools train: checkpoints kept in {workdir}: continue with --resume",
               file=sys.stderr)
         raise
-    model.detectors = _detectors(model, table, train_path, seed, quiet)
+    # the out-of-distribution detectors read a learned embedding (msa, svae); a forward model
+    # has none: its chi2 and ln_prior flag the stars it does not explain
+    model.detectors = (_detectors(model, table, train_path, seed, quiet)
+                       if hasattr(model, "EMBEDDINGS") else None)
     with open(train_path, "rb") if os.path.isfile(train_path) else open(os.devnull, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     model.provenance = {"xptools": __version__, "command": command_line(),

@@ -30,6 +30,7 @@ from xptools.io import atomic
 
 # kind -> "module:Class"; imported only when a model of that kind is used
 REGISTRY = {
+    "forward": "xptools.models.forward:ForwardModel",
     "msa": "xptools.models.msa:MaskedStellarAutoencoder",
     "svae": "xptools.models.svae:ScatterVAE",
 }
@@ -59,6 +60,14 @@ def default_path(command: str) -> str:
         raise UserError(f"the default model for {command} is not installed ({path}); "
                         f"give --model DIR")
     return path
+
+
+def shipped(path: str) -> str:
+    """``path``, or the shipped model of that name (``xptools/data/NAME``) when ``path`` is a
+    bare name and no such folder exists here."""
+    if os.path.exists(path) or os.sep in path or not os.path.isdir(os.path.join(DATA, path)):
+        return path
+    return os.path.join(DATA, path)
 
 
 def read_config(path: str) -> dict:
