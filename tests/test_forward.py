@@ -307,3 +307,22 @@ def test_bad_input_gives_nan_and_flags(trained, tmp_path):
     r = run("train", tmp_path / "bad.fits", "--model", "msa", "--ext-prior", "ak_targ",
             "-o", tmp_path / "m")
     assert r.returncode != 0 and b"--ext-prior is for --model forward" in r.stderr
+    r = run("flag", tmp_path / "bad.fits", "--model", path, "-o", tmp_path / "f.fits")
+    assert r.returncode == 1 and b"no embedding for the detectors" in r.stderr
+    r = run("embed", tmp_path / "bad.fits", "--model", path, "-o", tmp_path / "e.fits")
+    assert r.returncode == 1 and b"forward model has no latent space" in r.stderr
+
+
+def test_shipped_model_names(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    assert models.shipped("msa-apogee") == os.path.join(models.DATA, "msa-apogee")
+    (tmp_path / "msa-apogee").mkdir()          # a folder of that name here wins
+    assert models.shipped("msa-apogee") == "msa-apogee"
+    assert models.shipped("no-such-model") == "no-such-model"
+    table, _ = synthetic_stars(truth_model(False), 3, seed=1, parallax=False)
+    write_table(table, str(tmp_path / "t.fits"))
+    r = run("infer", tmp_path / "t.fits", "--model", "svae-apogee", "--covariance", "-o",
+            tmp_path / "o.fits")
+    assert r.returncode == 1 and b"does not predict labels" in r.stderr

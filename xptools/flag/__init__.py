@@ -197,6 +197,10 @@ def score_flags(scores: dict[str, np.ndarray], cuts: dict[str, float], reconstru
 def load_models(model_path: str | None, svae_path: str | None):
     """The model whose detectors score the rows and the svae that reconstructs them."""
     model = models.load(model_path or models.default_path("flag"))
+    if not hasattr(model, "EMBEDDINGS"):
+        raise UserError(f"{model.path}: a {model.kind} model has no embedding for the "
+                        f"detectors (use an msa model; a forward model's own chi2 and prior "
+                        f"flags come with xptools infer)")
     if getattr(model, "detectors", None) is None:
         raise UserError(f"{model.path}: the model has no out-of-distribution detectors (models "
                         f"trained by xptools train carry them; recipes/fit_detectors.py adds "

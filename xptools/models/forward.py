@@ -38,13 +38,13 @@ from torch import nn
 
 from xptools import models
 from xptools.errors import UserError
-from xptools.flags import (FLAG_EXT_AT_BOUND, FLAG_FIT_CHI2, FLAG_LOW_PRIOR,
+from xptools.flags import (FLAG_EXT_AT_BOUND, FLAG_FIT_CHI2, FLAG_FLUX_EXCESS, FLAG_LOW_PRIOR,
                            FLAG_NOT_CONVERGED, FLAG_OUT_OF_RANGE, FLAG_PARALLAX_TENSION,
-                           FLAG_UNUSABLE)
+                           FLAG_PARTIAL_XP, FLAG_UNUSABLE)
 from xptools.io import Table
 from xptools.models.features import (FeatureSpec, XPSource, float_column, label_array,
                                      monitor_split)
-from xptools.xp import sampled_grid
+from xptools.xp import sampled_grid, usable_flux
 
 XP_WAVELENGTHS = np.arange(392.0, 993.0, 10.0)       # Sec. 2.1: 61 samples
 BP_LIMIT = 640.0                                     # nm: BP's zero point below, RP's above
@@ -281,11 +281,12 @@ class ForwardModel:
             flux[:, n_xp + j] = zero * 10.0 ** (-0.4 * mag)
             error[:, n_xp + j] = flux[:, n_xp + j] * 0.4 * math.log(10.0) * sigma
         observed = np.isfinite(flux) & np.isfinite(error) & (error > 0)
-        with np.errstate(invalid="ignore"):
-            scale = np.array([np.mean(f[o][:n_xp][f[o][:n_xp] > 0])
-                              if (o[:n_xp] & (f[:n_xp] > 0)).any() else np.nan
-                              for f, o in zip(flux, observed)])
-        usable = np.isfinite(scale) & (observed[:, :n_xp].sum(axis=1) >= n_xp // 2)
+        positive = observed[:, :n_xp] & (np.nan_to_num(flux[:, :n_xp]) > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):   # the mean positive XP flux
+            scale = np.where(positive, flux[:, :n_xp], 0.0).sum(axis=1) / positive.sum(axis=1)
+        # a spectrum: at least half the XP samples, its flux positive as a whole (usable_flux)
+        usable = (np.isfinite(scale) & (observed[:, :n_xp].sum(axis=1) >= n_xp // 2)
+                  & usable_flux(xp))
         scale = np.where(usable, scale, 1.0)
         observed &= usable[:, None]
         d = np.where(observed, flux / scale[:, None], 0.0)
@@ -303,6 +304,7 @@ class ForwardModel:
         cov[:, i, i] += np.where(observed, 0.0, MISSING_VARIANCE)
         flags = flags | np.where(usable, 0, FLAG_UNUSABLE)
         return {"d": d, "observed": observed, "W": whitening(cov),
+                "sigma": np.sqrt(np.diagonal(cov, axis1=1, axis2=2)),
                 "ln_scale": np.log(scale), "g": g, "flags": flags, "usable": usable}
 
     def parallax(self, chunk: Table) -> tuple[np.ndarray, np.ndarray]:
@@ -413,7 +415,9 @@ class ForwardModel:
         n_points = self.n_points
 
         def per_star(index: torch.Tensor, free: bool) -> tuple[torch.Tensor, torch.Tensor]:
-            """chi2 (Eq. 4) and the training prior terms (Eq. 12-14) of stars ``index``."""
+            """chi2 (Eq. 4) and the training prior terms of stars ``index``: Gaussians
+            tying the latents to the measured labels, E prior and parallax, and the Jacobian
+            terms of the logarithmic latents (Eq. 13-14)."""
             theta = stars.theta[index] if free else theta_obs[index]
             ln_ext = stars.ln_ext[index]
             if not free:
@@ -432,11 +436,12 @@ class ForwardModel:
             if free:
                 ext = torch.exp(ln_ext)
                 prior = (((theta - theta_obs[index]) / theta_err[index]) ** 2).sum(-1) \
-                    + ((ext - ext_obs[index]) / ext_err[index]) ** 2 - 2 * ln_ext   # Eq. 13
+                    + ((ext - ext_obs[index]) / ext_err[index]) ** 2 \
+                    - 2 * ln_ext                            # the Jacobian of ln E (Eq. 13-14)
                 if self.absolute:
                     plx_ = torch.exp(stars.ln_parallax[index])
                     prior = prior + ((plx_ - plx_obs[index]) / plx_sigma[index]) ** 2 \
-                        - 2 * stars.ln_parallax[index]                               # Eq. 14
+                        - 2 * stars.ln_parallax[index]      # the Jacobian of ln parallax
             return chi2, prior
 
         def stage_loss(free: bool):
@@ -472,7 +477,6 @@ class ForwardModel:
         stage("joint", everyone[good], True, h.joint_epochs)
         stage("all", everyone, True, h.all_epochs)      # 3. all stars
         with torch.no_grad():                           # 4. self-cleaning
-            chi2, _ = per_star(torch.as_tensor(everyone), True)
             pull = ((stars.theta - theta_obs) / theta_err).abs().amax(-1).numpy()
             residual = self._residual_sigmas(stars, torch.as_tensor(everyone), W, d_white,
                                              ln_scale, data, rows)
@@ -500,10 +504,7 @@ class ForwardModel:
         g = torch.exp(self.ln_flux(stars.theta[index], stars.ln_ext[index], ln_a))
         if not self.absolute:
             g = g * self.profiled(torch.einsum("nij,nj->ni", W[index], g), d_white[index])[:, None]
-        d = data["d"][rows]
-        cov_diag = 1.0 / np.maximum(np.einsum("nij,nij->nj", data["W"][rows],
-                                              data["W"][rows]), 1e-300)   # ~ C_ii
-        z = np.abs(d - g.numpy()) / np.sqrt(cov_diag)
+        z = np.abs(data["d"][rows] - g.numpy()) / data["sigma"][rows]
         return np.where(data["observed"][rows], z, 0.0).max(axis=1)
 
     def _fit_prior(self, labels: np.ndarray, seed: int) -> None:
@@ -798,8 +799,10 @@ class ForwardModel:
         report["ext"] = {"n": int(ok.sum()), "sigma_mad": sigma_mad(d),
                          "bias": float(np.median(d))}
         ratio = fit["chi2"] / np.maximum(fit["dof"], 1)
-        good = (teff < 7000) & np.isfinite(ratio)
-        report["chi2_dof"] = {"median": float(np.median(ratio[good])),
+        # clean stars: Teff < 7000 K, a complete spectrum, no BP/RP flux excess
+        good = (teff < 7000) & np.isfinite(ratio) & (
+            fit["flags"] & (FLAG_FLUX_EXCESS | FLAG_PARTIAL_XP | FLAG_UNUSABLE) == 0)
+        report["chi2_dof"] = {"n": int(good.sum()), "median": float(np.median(ratio[good])),
                               "p16": float(np.percentile(ratio[good], 16)),
                               "p84": float(np.percentile(ratio[good], 84)),
                               "flagged_fraction": float(np.mean(ratio[good] >
@@ -828,7 +831,8 @@ class ForwardModel:
             report_table(report, ["all", "teff<7000"]), "",
             f"ext - {self.hyper.ext_prior} (Teff < 7000 K, N={e['n']}): sigma_MAD "
             f"{e['sigma_mad']:.4f}, bias {e['bias']:+.4f}",
-            f"chi2/dof (Teff < 7000 K): median {c['median']:.3f} (16-84%: {c['p16']:.3f}.."
+            f"chi2/dof (clean: Teff < 7000 K, complete XP, no flux excess; N={c['n']}): "
+            f"median {c['median']:.3f} (16-84%: {c['p16']:.3f}.."
             f"{c['p84']:.3f}); above {self.hyper.chi2_limit:g}: {c['flagged_fraction']:.3f}; "
             f"converged, not flagged: {c['converged_fraction']:.3f}",
             f"learned curve vs CCM R_V=3.1, (R - R(Ks)) / (R(442) - R(552)) over 400..990 "
