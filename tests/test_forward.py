@@ -326,3 +326,20 @@ def test_shipped_model_names(tmp_path, monkeypatch):
     r = run("infer", tmp_path / "t.fits", "--model", "svae-apogee", "--covariance", "-o",
             tmp_path / "o.fits")
     assert r.returncode == 1 and b"does not predict labels" in r.stderr
+
+
+def test_a_sampled_covariance_is_used_when_the_table_has_one():
+    truth = truth_model(False)
+    table, _ = synthetic_stars(truth, 20, seed=6, parallax=False)
+    plain = truth.fit_stars(table, "t")
+    error = np.asarray(table["flux_error"])
+    table.add_column("flux_covariance", np.einsum("ni,ij->nij", error ** 2, np.eye(N_XP)))
+    same = truth.fit_stars(table, "t")            # the diagonal as a covariance: the same fits
+    assert np.allclose(same["values"]["teff"], plain["values"]["teff"], rtol=1e-6)
+    assert np.allclose(same["chi2"], plain["chi2"], rtol=1e-5)
+    # correlated errors (neighbouring samples at 0.9) weigh the data differently
+    rho = 0.9 ** np.abs(np.subtract.outer(np.arange(N_XP), np.arange(N_XP)))
+    table.columns["flux_covariance"] = error[:, :, None] * rho * error[:, None, :]
+    other = truth.fit_stars(table, "t")
+    assert not np.allclose(other["chi2"], plain["chi2"], rtol=1e-3)
+    assert np.isfinite(other["values"]["teff"]).all()

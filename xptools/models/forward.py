@@ -886,10 +886,13 @@ class ForwardModel:
         lines += ["## Known limits", ""]
         if not self.absolute:
             lines += ["- Relative mode (no parallax in the training data): the luminosity "
-                      "is not constrained, so log g rests on the spectrum's shape alone, "
-                      "and R's grey part is not identified: only R - R(Ks) means anything.",
-                      ""]
-        lines += ["- E is on the scale of the prior column "
+                      "is not constrained, so log g rests on the spectrum's shape and the "
+                      "2MASS colours, and R's grey part is not identified: only R - R(Ks) "
+                      "means anything."]
+        lines += ["- The errors are the Fisher matrix's: the data's noise, not the model's own "
+                  "error, which only enters through the 0.5% terms of the covariance; the z "
+                  "columns of the validation table say how much wider the real scatter is.",
+                  "- E is on the scale of the prior column "
                   f"({h.ext_prior}, APOGEE's A_K-like targeting estimate), not E(B-V); "
                   "`ebv` converts it with the learned curve.",
                   "- Trained on APOGEE DR17 stars (mostly giants); hot stars and metal-poor "
