@@ -40,7 +40,7 @@ def truth_model(absolute: bool, seed: int = 3) -> ForwardModel:
         # a smooth spectrum that changes with the labels
         m.network.mlp[-1].weight.mul_(0.6)
         m.network.ln_r.copy_(torch.as_tensor(np.log(ccm89(m.wavelengths) * 8.8 / 1.0857)))
-    m.network.requires_grad_(False).eval()
+    m.network.requires_grad_(False).double().eval()     # as a trained or loaded model
     m.gmm = {"weights": torch.ones(1, dtype=torch.float64),
              "means": torch.zeros(1, 3, dtype=torch.float64),
              "covariances": 4.0 * torch.eye(3, dtype=torch.float64)[None]}

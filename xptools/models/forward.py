@@ -239,7 +239,7 @@ class ForwardModel:
         return model
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {**{f"network.{k}": v for k, v in self.network.state_dict().items()},
+        return {**{f"network.{k}": v.float() for k, v in self.network.state_dict().items()},
                 **{f"gmm.{k}": v for k, v in self.gmm.items()}}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor], file: str) -> None:
@@ -252,7 +252,7 @@ class ForwardModel:
         extra = [k for k in tensors if not k.startswith(("network.", "gmm."))]
         if extra:
             raise UserError(f"{file}: weights do not match the config (unexpected {extra[0]!r})")
-        self.network.requires_grad_(False).eval()
+        self.network.requires_grad_(False).double().eval()   # the fits run in float64
 
     # -- data -----------------------------------------------------------------------------
 
@@ -484,7 +484,7 @@ class ForwardModel:
         stage("retrain", everyone[clean], True, h.retrain_epochs)   # 5. retrain
         trainable(False, True)                          # 6. final per-star refinement
         stage("refine", everyone, True, h.refine_epochs)
-        self.network.requires_grad_(False).eval()   # fitted: per-star fits only read it
+        self.network.requires_grad_(False).double().eval()   # fitted: the fits read it
         prior_rows = clean if clean.sum() >= 10 * h.gmm_components else np.ones_like(clean)
         self._fit_prior(y[rows][prior_rows], trainer.seed)
         return {"rows": int(len(table)), "fitted_rows": int(len(rows)),
@@ -552,7 +552,7 @@ class ForwardModel:
         amplitude = (self.absolute_amplitude(ln_a, batch["ln_scale"]) if self.absolute
                      else ln_a)
         with torch.no_grad():
-            net = self.network.double()
+            net = self.network                  # float64 (fit_stars)
             if jacobian:
                 ln_f, jac_theta = net.with_jacobian(theta)                     # (n, P, L)
             else:
@@ -597,8 +597,8 @@ class ForwardModel:
         ext = np.geomspace(h.ext_bounds[0] * 3, h.ext_bounds[1] / 2, n_ext)
         theta_t = torch.as_tensor(theta)
         with torch.no_grad():
-            ln_f = self.network.double()(theta_t)                               # (K, P)
-            r = torch.exp(self.network.ln_r.double())
+            ln_f = self.network(theta_t)                                        # (K, P)
+            r = torch.exp(self.network.ln_r)
             ln_m = ln_f[:, None, :] - torch.as_tensor(ext)[None, :, None] * r   # (K, M, P)
             g = torch.exp(ln_m).reshape(-1, ln_f.shape[1]).float()               # (KM, P)
             g_white = (batch["W"].float() @ g.T).transpose(1, 2)               # (n, KM, P)
@@ -640,13 +640,11 @@ class ForwardModel:
                                                                           plx_err))
             p_all[rows], chi2_all[rows], prior_all[rows] = p, chi2, prior
             converged_all[rows] = converged
-            try:
-                chol = torch.linalg.cholesky_ex(torch.as_tensor(fisher))
-                positive_all[rows] = (chol.info == 0).numpy()
-                cov_all[rows] = torch.linalg.pinv(torch.as_tensor(fisher),
-                                                  hermitian=True).numpy()
-            except RuntimeError:
-                pass
+            fisher = torch.as_tensor(fisher)
+            finite = torch.isfinite(fisher).all(dim=2).all(dim=1).numpy()
+            positive_all[rows[finite]] = (torch.linalg.cholesky_ex(fisher[finite]).info
+                                          == 0).numpy()
+            cov_all[rows[finite]] = torch.linalg.pinv(fisher[finite], hermitian=True).numpy()
             if advance is not None:
                 advance(len(rows))
         if advance is not None:
@@ -768,7 +766,6 @@ class ForwardModel:
         theta = torch.as_tensor((labels - np.asarray(self.label_mean))
                                 / np.asarray(self.label_std))
         with torch.no_grad():
-            self.network.double()
             ln_a = torch.zeros(len(labels), dtype=torch.float64)
             if self.absolute:
                 ln_a = self.absolute_amplitude(torch.log(torch.as_tensor(parallax)),
