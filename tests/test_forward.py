@@ -245,6 +245,7 @@ def test_infer_and_generate_round_trip(trained, tmp_path):
     assert r.returncode == 0, r.stderr.decode()
     spectra = read_table(str(tmp_path / "spectra.fits"))
     assert spectra["flux"].shape == (50, N_XP) and "ks_m" in spectra
+    assert sum("generate" in line for line in spectra.history) == 1   # stamped once
     spectra.add_column("flux_error", 0.002 * np.abs(spectra["flux"]))
     write_table(spectra, str(tmp_path / "spectra2.fits"))
     r = run("infer", tmp_path / "spectra2.fits", "--model", path, "--prefix", "fit", "-o",

@@ -309,7 +309,8 @@ def run_forward(src: InputTable | None, out: TableWriter, model, *, grid: Table 
                 g = np.where(np.isfinite(g), g, 0.0)
                 own = model.features._g_from_xp(spectra[:, :n_xp])
                 spectra *= 10.0 ** (-0.4 * (g - own))[:, None]
-            table = _layout(model, chunk, {}) if src is not None else chunk
+            # the input's spectra are replaced: a table holds spectra on one grid
+            table = chunk.select([c for c in chunk.colnames if c not in REPLACED])
             for key in GRID_KEYWORDS:
                 table.meta.pop(key, None)
             table = stamp(table, keywords)
