@@ -344,3 +344,25 @@ def test_a_sampled_covariance_is_used_when_the_table_has_one():
     other = truth.fit_stars(table, "t")
     assert not np.allclose(other["chi2"], plain["chi2"], rtol=1e-3)
     assert np.isfinite(other["values"]["teff"]).all()
+
+
+def test_a_missing_sample_inside_the_spectrum_weighs_nothing():
+    truth = truth_model(False)
+    table, _ = synthetic_stars(truth, 4, seed=8, parallax=False)
+    for i, index in enumerate((5, 10, 30, 59)):
+        table["flux"][i, index] = np.nan
+    data = truth.data(table, "t")
+    rng = np.random.default_rng(0)
+    for i, index in enumerate((5, 10, 30, 59)):
+        observed = data["observed"][i]
+        assert not observed[index] and observed.sum() == 63
+        assert np.all(data["W"][i][:, index] == 0)
+        # chi2 through W against the observed block's covariance, built and solved directly
+        d, scale = data["d"][i], np.exp(data["ln_scale"][i])
+        bands = d[N_XP:] * 0.4 * math.log(10.0) * 0.03           # 0.03 mag, normalised
+        sigma = np.r_[np.asarray(table["flux_error"][i]) / scale, bands]
+        c = covariance(d[None], np.diag(np.where(observed, sigma, 0.0) ** 2)[None], N_XP,
+                       XP_WAVELENGTHS < 640)[0][np.ix_(observed, observed)]
+        r = rng.normal(size=64) * 1e-3
+        exact = r[observed] @ np.linalg.solve(c, r[observed])
+        assert np.sum((data["W"][i] @ r) ** 2) == pytest.approx(exact, rel=1e-6)

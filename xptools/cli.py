@@ -634,6 +634,9 @@ def generate(
         print_warning(f"{counts['unusable']} of {counts['rows']} rows had "
                       f"{'no complete spectrum' if reconstruct else 'no finite z'}: NaN "
                       f"output, see generate_flag")
+    if counts.get("no_labels") and not quiet:   # a forward model's rows
+        print_warning(f"{counts['no_labels']} of {counts['rows']} rows had a missing label, "
+                      f"ext or parallax: NaN output, see generate_flag")
 
 
 @app.command()

@@ -38,7 +38,7 @@ from xptools.provenance import stamp
 from xptools.sampling import parse_grid
 from xptools.xp import grid_keywords
 
-REPLACED = ("flux", "flux_error", "wavelength")
+REPLACED = ("flux", "flux_error", "flux_covariance", "wavelength")
 GRID_KEYWORDS = ("WAVEMIN", "WAVEMAX", "WAVESTEP", "WAVEGRID")
 MAX_GRID_ROWS = 1_000_000
 UNIT = "W m-2 nm-1"
@@ -291,7 +291,7 @@ def run_forward(src: InputTable | None, out: TableWriter, model, *, grid: Table 
         models.check_clash(src.schema, list(names.values()), src.name)
         chunks, total, name = src.chunks(chunk_rows, read_ahead=True), src.nrows, src.name
     n_xp = len(XP_WAVELENGTHS)
-    counts = {"rows": 0, "unusable": 0}
+    counts = {"rows": 0, "no_labels": 0}
     with progress(total, "generate", quiet) as bar:
         for chunk in chunks:
             n = len(chunk)
@@ -326,7 +326,7 @@ def run_forward(src: InputTable | None, out: TableWriter, model, *, grid: Table 
                              description=description("generate"))
             out.write(table)
             counts["rows"] += n
-            counts["unusable"] += int(np.count_nonzero(~ok))
+            counts["no_labels"] += int(np.count_nonzero(~ok))
             bar.update(n)
     return counts
 

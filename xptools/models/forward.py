@@ -52,7 +52,7 @@ BP_LIMIT = 640.0                                     # nm: BP's zero point below
 # f_lambda (W m-2 nm-1; their W cm-2 um-1 x 10), for Eq. 5: f = F0 10^(-0.4 m)
 TWO_MASS = {"j_m": (1235.0, 3.129e-12), "h_m": (1662.0, 1.133e-12), "ks_m": (2159.0, 4.283e-13)}
 TWO_MASS_ERRORS = {"j_m": "j_msigcom", "h_m": "h_msigcom", "ks_m": "ks_msigcom"}
-MISSING_VARIANCE = 1e12      # a missing data point: (normalised flux)^2, so it weighs nothing
+MISSING_VARIANCE = 1.0       # a missing point's placeholder variance, on the data's scale
 EIGENVALUE_FLOOR = 1e-9      # Eq. 3, in (normalised flux)^2
 MAG_PER_NEPER = 2.5 / math.log(10.0)   # exp(-E R) in magnitudes: A = 1.0857 E R
 LABEL_NAMES = ("teff", "logg", "fe_h")
@@ -63,7 +63,7 @@ class Hyperparameters:
     hidden: int = 32                 # Sec. 3: 3 hidden layers of 32 units, tanh
     layers: int = 3
     photometry_error: float = 0.03   # mag, for 2MASS bands without *_msigcom columns
-    label_error_floor: list[float] = field(default_factory=lambda: [50.0, 0.1, 0.05])
+    label_error_floor: list[float] = field(default_factory=lambda: [10.0, 0.02, 0.01])
     ext_prior: str = "ak_targ"       # the column of the E prior
     ext_error_floor: float = 0.05    # E prior sigma = sqrt(floor^2 + (fraction E)^2)
     ext_error_fraction: float = 0.1
@@ -72,12 +72,12 @@ class Hyperparameters:
     high_quality_error: list[float] = field(default_factory=lambda: [100.0, 0.1, 0.05])
     clean_labels: float = 4.0        # stage 4: drop stars this many sigma from a label
     clean_flux: float = 4.0          # ... or with a flux residual this many sigma anywhere
-    network_epochs: int = 200        # Table 1 stages
-    joint_epochs: int = 200
+    network_epochs: int = 300        # Table 1 stages
+    joint_epochs: int = 150
     all_epochs: int = 200
-    retrain_epochs: int = 300
+    retrain_epochs: int = 500
     refine_epochs: int = 100
-    batch_size: int = 4096
+    batch_size: int = 1024
     lr: float = 3e-3
     patience: int = 30
     monitor_fraction: float = 0.05
@@ -262,15 +262,17 @@ class ForwardModel:
         (ln of the normalisation, W m-2 nm-1), G and the input flags."""
         n, n_xp = len(chunk), len(XP_WAVELENGTHS)
         source = source or XPSource(chunk, name, self.features, with_errors=True)
+        if source.kind == "sampled" and "flux_error" not in chunk:
+            raise UserError(f"{name}: no flux_error column (the fits weigh each sample by its "
+                            f"error)")
         xp, xp_error = source(chunk)
         if xp_error is None:
             xp_error = np.full_like(xp, np.nan)
         cov_xp = None
         if source.kind == "sampled" and "flux_covariance" in chunk:
             index = np.searchsorted(sampled_grid(chunk, name), XP_WAVELENGTHS)
-            cov_xp = np.asarray(chunk["flux_covariance"], np.float64)[:, index][:, :, index]
+            cov_xp = np.asarray(chunk["flux_covariance"][:, index[:, None], index], np.float64)
         _, _, _, flags = self.features.raw(chunk, xp, xp_error)
-        g, _ = self.features.g_magnitude(chunk, xp)
         flux = np.empty((n, self.n_points))
         error = np.empty((n, self.n_points))
         flux[:, :n_xp], error[:, :n_xp] = xp, xp_error
@@ -302,10 +304,13 @@ class ForwardModel:
         cov = cov * observed[:, :, None] * observed[:, None, :]
         i = np.arange(self.n_points)
         cov[:, i, i] += np.where(observed, 0.0, MISSING_VARIANCE)
+        # W's columns of missing points zeroed: W^T W is then C^-1 of the observed block,
+        # and the missing points weigh nothing
+        W = whitening(cov) * observed[:, None, :]
         flags = flags | np.where(usable, 0, FLAG_UNUSABLE)
-        return {"d": d, "observed": observed, "W": whitening(cov),
+        return {"d": d, "observed": observed, "W": W,
                 "sigma": np.sqrt(np.diagonal(cov, axis1=1, axis2=2)),
-                "ln_scale": np.log(scale), "g": g, "flags": flags, "usable": usable}
+                "ln_scale": np.log(scale), "flags": flags, "usable": usable}
 
     def parallax(self, chunk: Table) -> tuple[np.ndarray, np.ndarray]:
         n = len(chunk)
@@ -470,6 +475,8 @@ class ForwardModel:
         monitor = monitor_split(table.rows(rows), h.monitor_fraction, trainer.seed)
         good = ((y_err[rows] <= np.asarray(h.high_quality_error)).all(axis=1)
                 & np.isfinite(e_obs[rows]))
+        if self.absolute:   # stage 1 holds the latents at the measured values: a parallax
+            good &= np.isfinite(plx[rows]) & (plx[rows] > 0)
         trainable(True, False)                          # 1. high-quality stars, network only
         stage("network", everyone[good & ~monitor], False, h.network_epochs,
               everyone[good & monitor])
@@ -682,8 +689,9 @@ class ForwardModel:
             sub = {k: v[rows] for k, v in batch.items()}
             _, _, _, _, (grad, hess), _ = self._objective(p[rows], sub, True)
             diagonal = torch.diagonal(hess, dim1=1, dim2=2)
-            step = torch.linalg.solve(hess + torch.diag_embed(damping[rows, None] * diagonal
-                                                              + 1e-9), -grad[..., None])[..., 0]
+            step, info = torch.linalg.solve_ex(hess + torch.diag_embed(
+                damping[rows, None] * diagonal + 1e-9), -grad[..., None])
+            step = torch.where((info == 0)[:, None], step[..., 0], torch.zeros_like(p[rows]))
             trial = torch.minimum(torch.maximum(p[rows] + step, low), high)
             new, *_ = self._objective(trial, sub, False)
             better = new < loss[rows]
@@ -710,7 +718,7 @@ class ForwardModel:
         ext = np.exp(p[:, n_l])
         values["ext"], errors["ext"] = ext, ext * np.sqrt(np.abs(cov[:, n_l, n_l]))
         colour = self.colour_excess_factor()
-        values["ebv"], errors["ebv"] = ext * colour, errors["ext"] * colour
+        values["ebv"], errors["ebv"] = ext * colour, errors["ext"] * abs(colour)
         if self.absolute:
             parallax = np.exp(p[:, n_l + 1])
             values["parallax"] = parallax
@@ -790,7 +798,8 @@ class ForwardModel:
                 err = f"{label}_err"
                 ref_error = np.asarray(table[err], float)[rows] if err in table else None
                 report[subset][label] = label_metrics(v, e, v - e, v + e, y[rows, j], ref_error)
-        e_obs, _ = self._ext_prior(table, name)
+        e_obs = (self._ext_prior(table, name)[0] if self.hyper.ext_prior in table
+                 else np.full(len(table), np.nan))   # no prior column: no ext figures
         ok = np.isfinite(e_obs) & np.isfinite(fit["values"]["ext"]) & (teff < 7000)
         d = fit["values"]["ext"][ok] - e_obs[ok]
         report["ext"] = {"n": int(ok.sum()), "sigma_mad": sigma_mad(d),
