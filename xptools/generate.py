@@ -307,7 +307,7 @@ def run_forward(src: InputTable | None, out: TableWriter, model, *, grid: Table 
             if not model.absolute:   # to the row's G (G = 0 without one)
                 g = float_column(chunk, "phot_g_mean_mag", n)
                 g = np.where(np.isfinite(g), g, 0.0)
-                own = model.features._g_from_xp(spectra[:, :n_xp])
+                own = model.features.g_from_xp(spectra[:, :n_xp])
                 spectra *= 10.0 ** (-0.4 * (g - own))[:, None]
             # the input's spectra are replaced: a table holds spectra on one grid
             table = chunk.select([c for c in chunk.colnames if c not in REPLACED])

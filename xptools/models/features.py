@@ -125,10 +125,11 @@ class FeatureSpec:
         g = float_column(chunk, self.reference, len(chunk))
         missing_g = ~np.isfinite(g)
         if missing_g.any():
-            g = np.where(missing_g, self._g_from_xp(xp), g)
+            g = np.where(missing_g, self.g_from_xp(xp), g)
         return g, np.where(missing_g & np.isfinite(g), FLAG_G_FROM_XP, 0).astype(np.int64)
 
-    def _g_from_xp(self, xp: np.ndarray) -> np.ndarray:
+    def g_from_xp(self, xp: np.ndarray) -> np.ndarray:
+        """G from the XP flux on ``wavelengths`` (NaN without a fitted zero point)."""
         if self.zero_point is None or self.xp != "sampled":
             return np.full(len(xp), np.nan)
         window = (np.asarray(self.wavelengths) >= G_WINDOW[0]) & \
@@ -139,8 +140,8 @@ class FeatureSpec:
 
     # -- scaling --------------------------------------------------------------------------
 
-    def fit(self, chunk: Table, xp: np.ndarray) -> "FeatureSpec":
-        """Fit the G zero point and the scaler on training data."""
+    def fit_zero_point(self, chunk: Table, xp: np.ndarray) -> None:
+        """Fit the zero point of G from the XP flux (`g_from_xp`) on training data."""
         if self.xp == "sampled":
             window = (np.asarray(self.wavelengths) >= G_WINDOW[0]) & \
                      (np.asarray(self.wavelengths) <= G_WINDOW[1])
@@ -149,6 +150,10 @@ class FeatureSpec:
             g = float_column(chunk, self.reference, len(chunk))
             ok = np.isfinite(g) & np.isfinite(synthetic)
             self.zero_point = float(np.median(g[ok] - synthetic[ok])) if ok.any() else None
+
+    def fit(self, chunk: Table, xp: np.ndarray) -> "FeatureSpec":
+        """Fit the G zero point and the scaler on training data."""
+        self.fit_zero_point(chunk, xp)
         values, _, observed, _ = self.raw(chunk, xp, None)
         median, iqr = [], []
         for j in range(values.shape[1]):

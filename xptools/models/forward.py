@@ -376,7 +376,7 @@ class ForwardModel:
         self.absolute = bool(np.isfinite(plx).sum() >= 20)
         e_obs, e_err = self._ext_prior(table, name)
         source = XPSource(table, name, self.features, with_errors=True)
-        self.features.fit(table, source(table)[0])   # the G zero point of G from XP
+        self.features.fit_zero_point(table, source(table)[0])   # for generate's G scaling
         data = self.data(table, name, source)
         keep = data["usable"] & np.isfinite(y).all(axis=1)
         if keep.sum() < 20:
