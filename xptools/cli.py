@@ -84,9 +84,32 @@ def run_rows(command: str, prepare: str, options: dict, input: str, output: str,
     return counts
 
 
+def token_options(what: str) -> dict:
+    """--request, --given, --hide and --draws of a transformer model (infer, generate)."""
+    return {
+        "request": typer.Option(None, "--request", metavar="SPEC", help=f"Transformer models: "
+                                f"what to predict, {what}."),
+        "given": typer.Option(None, "--given", metavar="SPEC", help="Transformer models: the "
+                              "tokens to give (groups xp, bp, rp, phot, labels or token names "
+                              "such as teff, j_g, flux_600; default: every observed token but "
+                              "the requested ones)."),
+        "hide": typer.Option(None, "--hide", metavar="SPEC", help="Transformer models: tokens "
+                             "not to give (same SPEC)."),
+        "draws": typer.Option(8, "--draws", min=1, help="Transformer models: a row with more "
+                              "tokens than the context is answered from N random subsets "
+                              "(mean of the means; variance: mean variance + variance of the "
+                              "means)."),
+    }
+
+
+INFER_TOKENS = token_options("comma-separated labels, colours or groups (default: the labels)")
+GENERATE_TOKENS = token_options("xp (default), bp, rp or flux_ tokens")
+
+
 def model_option(shipped: str) -> typer.models.OptionInfo:
     return typer.Option(None, "--model", help=f"Model directory, or a shipped model's name "
-                        f"(msa-apogee, svae-apogee, forward-apogee; default: {shipped}).")
+                        f"(msa-apogee, svae-apogee, forward-apogee, transformer-apogee; default: "
+                        f"{shipped}).")
 
 
 def prefix_option(example: str) -> typer.models.OptionInfo:
@@ -383,6 +406,10 @@ def infer(
     prefix: Optional[str] = prefix_option("e.g. msa gives msa_teff, ..."),
     covariance: bool = typer.Option(False, "--covariance", help="Forward models: add each "
                                     "fit's covariance (labels, ext[, parallax])."),
+    request: Optional[str] = INFER_TOKENS["request"],
+    given: Optional[str] = INFER_TOKENS["given"],
+    hide: Optional[str] = INFER_TOKENS["hide"],
+    draws: int = INFER_TOKENS["draws"],
     chunk_rows: int = CHUNK_ROWS,
     workers: Optional[int] = WORKERS,
     scheduler: Optional[str] = SCHEDULER,
@@ -393,13 +420,15 @@ def infer(
     verbose: bool = VERBOSE,
 ) -> None:
     """Stellar labels with uncertainties (and infer_flag) for every row; columns pass through.
-    A forward model fits each star: labels, ext, ebv, chi2 (docs/forward.md)."""
+    A forward model fits each star: labels, ext, ebv, chi2 (docs/forward.md); a transformer
+    answers any --request from any --given tokens (docs/transformer.md)."""
     torch_with(cpu_threads())
     from xptools.progress import print_warning
 
     counts = run_rows("infer", "xptools.infer:prepare",
                       dict(model=_where(model), prefix=prefix, chunk_rows=chunk_rows,
-                           covariance=covariance),
+                           covariance=covariance, request=request, given=given, hide=hide,
+                           draws=draws),
                       input, output,
                       format=format, input_format=input_format, overwrite=overwrite,
                       quiet=quiet, workers=workers, scheduler=scheduler, torch=True)
@@ -573,6 +602,14 @@ def generate(
                                           "write the learned extinction curve R(lambda), "
                                           "normalised and beside CCM R_V=3.1."),
     z_column: str = typer.Option("z", "--z-column", help="Column of LATENTS holding z."),
+    inpaint: Optional[str] = typer.Option(None, "--inpaint", metavar="IN", help="Transformer "
+                                          "models: fill the --request part of the spectra of "
+                                          "IN from the --given tokens (e.g. --given rp "
+                                          "--request bp)."),
+    request: Optional[str] = GENERATE_TOKENS["request"],
+    given: Optional[str] = GENERATE_TOKENS["given"],
+    hide: Optional[str] = GENERATE_TOKENS["hide"],
+    draws: int = GENERATE_TOKENS["draws"],
     prefix: Optional[str] = prefix_option("other than flux and flux_scatter"),
     chunk_rows: int = CHUNK_ROWS,
     workers: Optional[int] = WORKERS,
@@ -585,12 +622,21 @@ def generate(
 ) -> None:
     """Spectra (flux, flux_scatter) decoded from latents, or reconstructions with chi2 and an
     outlier percentile (--reconstruct); with a forward model, spectra and 2MASS magnitudes
-    from labels and extinction (a table, or --grid), or its extinction curve."""
+    from labels and extinction (a table, or --grid), or its extinction curve; with a
+    transformer, spectra from labels (a table, or --grid) or from part of a spectrum
+    (--inpaint)."""
     from xptools.progress import print_warning
 
+    tokens = dict(request=request, given=given, hide=hide, draws=draws)
+    if inpaint is not None:
+        if input is not None or z is not None or reconstruct or grid is not None:
+            raise UserError("--inpaint IN stands alone: no other table, --z, --reconstruct "
+                            "or --grid")
+        input = inpaint
     if grid is not None or extinction_curve:
         from xptools import models
-        from xptools.generate import extinction_curve as curve, label_grid, run_forward
+        from xptools.generate import (extinction_curve as curve, label_grid, run_forward,
+                                      run_transformer)
         from xptools.io import TableWriter
 
         if input is not None or z is not None or reconstruct or grid and extinction_curve:
@@ -599,13 +645,19 @@ def generate(
         if workers or scheduler:
             raise UserError("--workers and --scheduler run over a HATS catalogue")
         loaded = models.load(_where(model) or models.default_path("generate"))
-        if loaded.kind != "forward":
-            raise UserError(f"--grid and --extinction-curve need a forward model, not "
-                            f"{loaded.kind} (give --model DIR)")
+        if extinction_curve and loaded.kind != "forward":
+            raise UserError(f"--extinction-curve needs a forward model, not {loaded.kind} "
+                            f"(give --model DIR)")
+        if loaded.kind not in ("forward", "transformer"):
+            raise UserError(f"--grid needs a forward or transformer model, not {loaded.kind} "
+                            f"(give --model DIR)")
         rows = label_grid(grid, loaded) if grid is not None else None
         with TableWriter(output, format, overwrite, write_behind=True) as out:
             if extinction_curve:
                 out.write(curve(loaded))
+            elif loaded.kind == "transformer":
+                run_transformer(None, out, loaded, grid=rows, prefix=prefix, quiet=quiet,
+                                **tokens)
             else:
                 run_forward(None, out, loaded, grid=rows, prefix=prefix, quiet=quiet)
         return
@@ -627,13 +679,17 @@ def generate(
         return
     counts = run_rows("generate", "xptools.generate:prepare",
                       dict(model=_where(model), reconstruct=reconstruct, z_column=z_column,
-                           prefix=prefix, chunk_rows=chunk_rows), input, output,
+                           prefix=prefix, chunk_rows=chunk_rows, inpaint=inpaint is not None,
+                           **tokens), input, output,
                       format=format, input_format=input_format, overwrite=overwrite,
                       quiet=quiet, workers=workers, scheduler=scheduler)
     if counts.get("unusable") and not quiet:
         print_warning(f"{counts['unusable']} of {counts['rows']} rows had "
                       f"{'no complete spectrum' if reconstruct else 'no finite z'}: NaN "
                       f"output, see generate_flag")
+    if counts.get("nothing_given") and not quiet:   # a transformer model's rows
+        print_warning(f"{counts['nothing_given']} of {counts['rows']} rows had no token to "
+                      f"give: NaN output, see generate_flag")
     if counts.get("no_labels") and not quiet:   # a forward model's rows
         print_warning(f"{counts['no_labels']} of {counts['rows']} rows had a missing label, "
                       f"ext or parallax: NaN output, see generate_flag")

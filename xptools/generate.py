@@ -36,7 +36,7 @@ from xptools.models.features import XPSource
 from xptools.progress import progress
 from xptools.provenance import stamp
 from xptools.sampling import parse_grid
-from xptools.xp import grid_keywords
+from xptools.xp import detect_layout, grid_keywords
 
 REPLACED = ("flux", "flux_error", "flux_covariance", "wavelength")
 GRID_KEYWORDS = ("WAVEMIN", "WAVEMAX", "WAVESTEP", "WAVEGRID")
@@ -142,10 +142,28 @@ def run_generate(src: InputTable | None, out: TableWriter, model, *, grid: np.nd
 
 
 def prepare(model: str | None = None, reconstruct: bool = False, z_column: str = "z",
-            prefix: str | None = None, chunk_rows: int = 20_000):
+            prefix: str | None = None, chunk_rows: int = 20_000, request: str | None = None,
+            given: str | None = None, hide: str | None = None, draws: int = 8,
+            inpaint: bool = False):
     """`xptools generate` over a table (of latents, or of spectra with ``reconstruct``; of
-    labels for a forward model) as a job (`xptools.scale`): the model loaded once, then
-    ``run(src, out, quiet, warn)``."""
+    labels for a forward model; of any tokens for a transformer model, which ``request``,
+    ``given``, ``hide``, ``draws`` and ``inpaint`` are for) as a job (`xptools.scale`): the
+    model loaded once, then ``run(src, out, quiet, warn)``."""
+    if model is not None and models.read_config(model)["kind"] == "transformer":
+        if reconstruct:
+            raise UserError("--reconstruct is for svae models; a transformer model fills "
+                            "spectra with --inpaint --given ... --request ...")
+        loaded = models.load(model)
+        transformer_requests(loaded, request, inpaint)
+
+        def run(src, out, quiet, warn) -> dict:
+            return run_transformer(src, out, loaded, request=request, given=given, hide=hide,
+                                   draws=draws, inpaint=inpaint, prefix=prefix,
+                                   chunk_rows=chunk_rows, quiet=quiet)
+        run.models = [models.identity(loaded)]
+        return run
+    if request or given or hide or inpaint:
+        raise UserError("--request, --given, --hide and --inpaint are for transformer models")
     if model is not None and models.read_config(model)["kind"] == "forward":
         if reconstruct:
             raise UserError("--reconstruct is for svae models; a forward model fits spectra "
@@ -243,9 +261,12 @@ FORWARD_OUTPUTS = ("j_m", "h_m", "ks_m", "generate_flag")
 
 def label_grid(text: str, model) -> Table:
     """Rows of labels from '--grid': NAME=VALUE or NAME=START:STOP:STEP, comma-separated; the
-    model's labels are needed, ext (default 0) and, for an absolute model, parallax (mas,
-    default 1) may be given; the rows are every combination."""
-    names = model.labels + ["ext"] + (["parallax"] if model.absolute else [])
+    rows are every combination. A forward model needs its labels, and takes ext (default 0)
+    and, when absolute, parallax (mas, default 1); a transformer model takes any of its labels
+    (those not named are not given)."""
+    forward = model.kind == "forward"
+    names = model.labels + (["ext"] + (["parallax"] if model.absolute else []) if forward
+                            else [])
     axes = {}
     for part in (p.strip() for p in text.split(",") if p.strip()):
         name, equals, value = part.partition("=")
@@ -257,11 +278,15 @@ def label_grid(text: str, model) -> Table:
             axes[name] = parse_grid(value) if ":" in value else np.array([float(value)])
         except ValueError:
             raise UserError(f"--grid {text!r}: {value!r} is not a number") from None
-    missing = [l for l in model.labels if l not in axes]
+    if forward:
+        missing = [l for l in model.labels if l not in axes]
+    else:   # any of a transformer's labels, at least one
+        missing = [] if axes else names
     if missing:
         raise UserError(f"--grid {text!r}: give {missing[0]} (the model's labels: "
                         f"{', '.join(model.labels)})")
-    axes.setdefault("ext", np.array([0.0]))
+    if forward:
+        axes.setdefault("ext", np.array([0.0]))
     rows = int(np.prod([len(a) for a in axes.values()]))
     if rows > MAX_GRID_ROWS:
         raise UserError(f"--grid {text!r} makes {rows:,} spectra (at most {MAX_GRID_ROWS:,})")
@@ -348,3 +373,81 @@ def extinction_curve(model) -> Table:
                      description="Cardelli, Clayton & Mathis (1989) R_V = 3.1: "
                                  "(A - A(Ks)) / E(B-V)")
     return stamp(table, models.keywords(model))
+
+
+# -- transformer models (`xptools.models.transformer`): spectra from any tokens -------------
+
+def transformer_requests(model, request: str | None, inpaint: bool):
+    """The flux types a transformer is asked for (--request: xp, bp, rp or flux_ tokens;
+    default xp; required with --inpaint)."""
+    if inpaint and not request:
+        raise UserError("--inpaint needs --request: the part of the spectrum to fill (bp or "
+                        "rp, e.g. --given rp --request bp)")
+    requests = model.request_types(request or "xp")
+    n_flux = len(model.vocabulary.flux)
+    if (requests >= n_flux).any():
+        raise UserError(f"--request {request!r}: generate makes spectra (xp, bp, rp or flux_ "
+                        f"tokens); labels and colours come from xptools infer --request")
+    return requests
+
+
+def run_transformer(src: InputTable | None, out: TableWriter, model, *,
+                    grid: Table | None = None, request: str | None = None,
+                    given: str | None = None, hide: str | None = None, draws: int = 8,
+                    inpaint: bool = False, prefix: str | None = None,
+                    chunk_rows: int = 20_000, quiet: bool = False) -> dict:
+    """Spectra a transformer model answers for each row (`TransformerModel.spectra`): flux and
+    flux_scatter (sigma_pred) on the model's grid at the requested samples, from the row's
+    given tokens (default: all it has but the requested ones: labels and colours of a table
+    of labels). With ``inpaint``, the row's own spectrum fills the samples not requested, and
+    flux_error holds its errors there (0 at the predicted samples, whose flux_scatter is
+    their sigma)."""
+    requests = transformer_requests(model, request, inpaint)
+    model.given_mask(np.zeros((0, len(model.vocabulary)), bool), requests, given, hide)
+    names = models.column_names(prefix, ["generate_flag"])
+    keywords = {**models.keywords(model), "XPKIND": "sampled",
+                **grid_keywords(np.asarray(model.features.wavelengths))}
+    source = None
+    if src is None:
+        chunks, total = [grid], len(grid)
+    else:
+        models.check_clash(src.schema, [names["generate_flag"], "flux_scatter"], src.name)
+        if detect_layout(src.schema) is not None:
+            source = XPSource(src.schema, src.name, model.features, with_errors=inpaint)
+        elif inpaint:
+            raise UserError(f"{src.name}: no XP spectra to inpaint (a flux column, or "
+                            f"coefficients)")
+        chunks, total = src.chunks(chunk_rows, read_ahead=True), src.nrows
+    counts = {"rows": 0, "nothing_given": 0}
+    with progress(total, "generate", quiet) as bar:
+        for chunk in chunks:
+            flux, scatter, flags, _ = model.spectra(chunk, source, requests, given, hide,
+                                                    draws, advance=bar.update)
+            table = chunk.select([c for c in chunk.colnames if c not in REPLACED])
+            for key in GRID_KEYWORDS:
+                table.meta.pop(key, None)
+            table = stamp(table, keywords)
+            if inpaint:   # the row's own samples where none was requested
+                xp, xp_error = source(chunk)
+                kept = np.ones(flux.shape[1], bool)
+                kept[requests] = False
+                flux[:, kept] = xp[:, kept]
+                scatter[:, kept] = 0.0
+                error = np.zeros_like(flux)
+                error[:, kept] = xp_error[:, kept] if xp_error is not None else np.nan
+            what = "inpainted" if inpaint else "predicted"
+            table.add_column("flux", flux.astype(np.float32), unit=UNIT,
+                             description=f"{what} spectrum (transformer)")
+            if inpaint:
+                table.add_column("flux_error", error.astype(np.float32), unit=UNIT,
+                                 description="the input's flux error at its own samples, 0 "
+                                             "at the predicted ones")
+            table.add_column("flux_scatter", scatter.astype(np.float32), unit=UNIT,
+                             description="predictive sigma at the predicted samples "
+                                         "(transformer)")
+            table.add_column(names["generate_flag"], flags.astype(np.int16),
+                             description=description("generate"))
+            out.write(table)
+            counts["rows"] += len(chunk)
+            counts["nothing_given"] += int(np.count_nonzero(flags & FLAG_UNUSABLE))
+    return counts

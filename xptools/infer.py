@@ -25,6 +25,9 @@ from xptools.provenance import stamp
 # description says "in dex".
 UNITS = {"teff": "K"}
 IN_DEX = ("logg", "fe_h", "alpha_m", "m_h")
+# the four columns of a label: quantiles (msa), a Gaussian predictive distribution (transformer)
+WHAT = {False: ("median", "1-sigma error", "16% quantile", "84% quantile"),
+        True: ("predicted mean", "predictive sigma", "mean - sigma", "mean + sigma")}
 
 
 def output_names(labels: list[str], prefix: str | None) -> tuple[dict[str, list[str]], str]:
@@ -36,31 +39,49 @@ def output_names(labels: list[str], prefix: str | None) -> tuple[dict[str, list[
 
 
 def prepare(model: str | None = None, prefix: str | None = None, chunk_rows: int = 20_000,
-            covariance: bool = False):
+            covariance: bool = False, request: str | None = None, given: str | None = None,
+            hide: str | None = None, draws: int = 8):
     """`xptools infer` as a job (`xptools.scale`): the model loaded once, then
-    ``run(src, out, quiet, warn)`` per table."""
+    ``run(src, out, quiet, warn)`` per table. ``request``, ``given``, ``hide`` and ``draws``
+    are a transformer model's (`TransformerModel.predict_chunk`)."""
     from xptools.errors import UserError
 
     loaded = models.load(model or models.default_path("infer"))
     fits = hasattr(loaded, "fit_stars")
-    if not (hasattr(loaded, "predict") or fits):
+    tokens = hasattr(loaded, "predict_chunk")
+    if not (hasattr(loaded, "predict") or fits or tokens):
         raise UserError(f"{model}: a {loaded.kind} model does not predict labels")
     if covariance and not fits:
         raise UserError(f"--covariance is for forward models (per-star fits), not "
+                        f"{loaded.kind}")
+    ask = None
+    if tokens:
+        requests = loaded.request_types(request)
+        loaded.given_mask(np.zeros((0, len(loaded.vocabulary)), bool), requests, given, hide)
+        if draws < 1:
+            raise UserError(f"--draws {draws}: give at least 1")
+        ask = {"requests": requests, "given": given, "hide": hide, "draws": draws}
+    elif request or given or hide:
+        raise UserError(f"--request, --given and --hide are for transformer models, not "
                         f"{loaded.kind}")
 
     def run(src, out, quiet, warn) -> dict:
         if fits:
             return run_fits(src, out, loaded, prefix=prefix, chunk_rows=chunk_rows,
                             covariance=covariance, quiet=quiet)
-        return run_infer(src, out, loaded, prefix=prefix, chunk_rows=chunk_rows, quiet=quiet)
+        return run_infer(src, out, loaded, prefix=prefix, chunk_rows=chunk_rows, quiet=quiet,
+                         ask=ask)
     run.models = [models.identity(loaded)]   # a resumed catalogue needs the same model
     return run
 
 
 def run_infer(src: InputTable, out: TableWriter, model, *, prefix: str | None = None,
-              chunk_rows: int = 20_000, quiet: bool = False) -> dict:
-    columns, flag_name = output_names(model.labels, prefix)
+              chunk_rows: int = 20_000, quiet: bool = False, ask: dict | None = None) -> dict:
+    """Labels of a model that predicts them (msa), or, with ``ask``, the requested tokens of a
+    transformer model (`TransformerModel.predict_chunk`'s options)."""
+    names = (model.labels if ask is None
+             else [model.vocabulary.names[t] for t in ask["requests"]])
+    columns, flag_name = output_names(names, prefix)
     models.check_clash(src.schema, [c for names in columns.values() for c in names]
                        + [flag_name], src.name)
     source = XPSource(src.schema, src.name, model.features)
@@ -70,19 +91,24 @@ def run_infer(src: InputTable, out: TableWriter, model, *, prefix: str | None = 
     counts = {"rows": 0, "unusable": 0, "flagged": 0}
     with progress(src.nrows, "infer", quiet) as bar:
         for chunk in src.chunks(chunk_rows, read_ahead=True):
-            xp, _ = source(chunk)
-            values, _, observed, flags = model.features.raw(chunk, xp, None)
-            pred = model.predict(model.features.scale(values), observed, advance=bar.update)
-            flags = flags | pred["flag"]
+            if ask is None:
+                xp, _ = source(chunk)
+                values, _, observed, flags = model.features.raw(chunk, xp, None)
+                pred = model.predict(model.features.scale(values), observed,
+                                     advance=bar.update)
+                flags = flags | pred["flag"]
+            else:
+                pred = model.predict_chunk(chunk, source, **ask, advance=bar.update)
+                flags = pred["flag"]
             if calibration is not None:
                 flags = flags | calibration.apply_predictions(pred)
             table = stamp(chunk.select(chunk.colnames), keywords)
             for label, names in columns.items():
                 unit = UNITS.get(label)
+                if ask is not None and label in model.vocabulary.colours:
+                    unit = "mag"   # a colour: magnitude - G
                 dex = ", in dex" if label in IN_DEX else ""
-                for name, data, what in zip(names, pred[label],
-                                            ("median", "1-sigma error", "16% quantile",
-                                             "84% quantile")):
+                for name, data, what in zip(names, pred[label], WHAT[ask is not None]):
                     table.add_column(name, data.astype(np.float32), unit=unit,
                                      description=f"{label} {what}{dex} ({how})")
             table.add_column(flag_name, flags.astype(np.int16),

@@ -33,6 +33,7 @@ REGISTRY = {
     "forward": "xptools.models.forward:ForwardModel",
     "msa": "xptools.models.msa:MaskedStellarAutoencoder",
     "svae": "xptools.models.svae:ScatterVAE",
+    "transformer": "xptools.models.transformer:TransformerModel",
 }
 CONFIG = "config.json"
 WEIGHTS = "weights.safetensors"
