@@ -554,6 +554,8 @@ def standins(shared, tmp_path_factory):
     labels = labels.rows(np.flatnonzero(np.isin(labels["source_id"], ids)))
     write_table(labels, str(folder / "apogee_labels.fits"))
     write_table(labels, str(folder / "apogee.fits"))
+    # labels without spectra (docs/transformer.md: log g from Teff and [Fe/H])
+    (folder / "two_stars.csv").write_text("teff,fe_h\n4800,-0.2\n5800,0.0\n")
     # positions for the sky match of docs/crossmatch.md: Gaia-like rows (epoch 2016) and a
     # 2MASS-like table at epoch 2000 (raj2000, dej2000, j_m, h_m, k_m); made up, 50 rows
     from xptools.io import Table

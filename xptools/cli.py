@@ -108,8 +108,8 @@ GENERATE_TOKENS = token_options("xp (default), bp, rp or flux_ tokens")
 
 def model_option(shipped: str) -> typer.models.OptionInfo:
     return typer.Option(None, "--model", help=f"Model directory, or a shipped model's name "
-                        f"(msa-apogee, svae-apogee, forward-apogee, transformer-apogee; default: "
-                        f"{shipped}).")
+                        f"(msa-apogee, svae-apogee, forward-apogee, transformer-apogee; "
+                        f"default: {shipped}).")
 
 
 def prefix_option(example: str) -> typer.models.OptionInfo:
@@ -363,8 +363,9 @@ def train(
                                           "label columns for msa."),
     output: str = typer.Option(..., "-o", "--output", help="Model directory to write."),
     model: Optional[str] = typer.Option(None, "--model", help="Model kind: msa (default; needs labels), "
-                                         "svae (spectra alone) or forward (labels, 2MASS and "
-                                         "an extinction prior; ZGR23)."),
+                                         "svae (spectra alone), forward (labels, 2MASS and "
+                                         "an extinction prior; ZGR23) or transformer (any "
+                                         "tokens; Leung & Bovy 2024)."),
     labels: Optional[str] = typer.Option(None, "--labels",
                                          help="Label columns, e.g. teff,logg,fe_h,alpha_m."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="JSON file of settings "

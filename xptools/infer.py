@@ -19,6 +19,7 @@ from xptools.flags import FLAG_UNUSABLE, description
 from xptools.models.features import XPSource
 from xptools.progress import progress
 from xptools.provenance import stamp
+from xptools.xp import detect_layout
 
 # Units of the labels. Logarithmic labels are in dex, which FITS and VOUnit have no unit for
 # (astropy warns on reading "dex" from FITS and VOTable), so their unit is left empty and their
@@ -84,7 +85,9 @@ def run_infer(src: InputTable, out: TableWriter, model, *, prefix: str | None = 
     columns, flag_name = output_names(names, prefix)
     models.check_clash(src.schema, [c for names in columns.values() for c in names]
                        + [flag_name], src.name)
-    source = XPSource(src.schema, src.name, model.features)
+    # a transformer answers from any tokens: a table of labels alone will do
+    source = (None if ask is not None and detect_layout(src.schema) is None
+              else XPSource(src.schema, src.name, model.features))
     keywords = models.keywords(model)
     calibration = getattr(model, "calibration", None)
     how = f"{model.kind}, calibrated" if calibration is not None else model.kind

@@ -494,14 +494,20 @@ class TransformerModel:
         """The types of a --request SPEC (default: the labels), in vocabulary order."""
         return self.vocabulary.types(spec or "labels", "--request")
 
-    def predict_chunk(self, chunk: Table, source: XPSource, requests: np.ndarray,
+    def xp(self, chunk: Table, source: XPSource | None):
+        """The chunk's XP values and errors on the model's grid (`XPSource`), or NaN and None
+        for a table without spectra (of labels, say)."""
+        if source is None:
+            return np.full((len(chunk), len(self.vocabulary.flux)), np.nan), None
+        return source(chunk)
+
+    def predict_chunk(self, chunk: Table, source: XPSource | None, requests: np.ndarray,
                       given: str | None = None, hide: str | None = None, draws: int = 8,
                       advance=None) -> dict:
         """Per requested type: value, error, q16, q84 (value -+ error), in its units, and
         infer_flag bits: the input's, FLAG_UNUSABLE where nothing is given, FLAG_OUT_OF_RANGE
         where a label is outside the training labels' 0.5..99.5 percentiles."""
-        xp, xp_error = source(chunk)
-        values, _, observed, flags = self.tokens(chunk, xp, xp_error)
+        values, _, observed, flags = self.tokens(chunk, *self.xp(chunk, source))
         mask = self.given_mask(observed, requests, given, hide)
         mean, sigma = self.answer(values, mask, requests, draws, advance=advance)
         mean, sigma = self.to_values(mean, sigma, requests)
@@ -524,13 +530,10 @@ class TransformerModel:
                 advance=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Flux and flux_scatter (n, samples) in W m-2 nm-1 on the model grid: the requested
         flux types predicted (NaN elsewhere) from the given tokens of each row, scaled by the
-        row's G (its phot_g_mean_mag; G = 0 without one). Also the G-normalised observed flux
-        and error (NaN without ``source``) and the input flags."""
+        row's G (its phot_g_mean_mag, else G from its XP spectrum, else 0); the input flags
+        with FLAG_UNUSABLE where nothing is given; and which rows gave anything."""
         n, n_flux = len(chunk), len(self.vocabulary.flux)
-        if source is not None:
-            xp, xp_error = source(chunk)
-        else:
-            xp, xp_error = np.full((n, n_flux), np.nan), None
+        xp, xp_error = self.xp(chunk, source)
         values, _, observed, flags = self.tokens(chunk, xp, xp_error)
         mask = self.given_mask(observed, requests, given, hide)
         mean, sigma = self.answer(values, mask, requests, draws, advance=advance)
@@ -623,7 +626,8 @@ class TransformerModel:
                          f"{f['pull_sigma_mad_max']:.2f} |")
         lines += ["", "Never-requested tokens, predicted from XP + the other colours "
                   "[Sec. 7.2]:", "", "| token | N | sigma_MAD | bias | median sigma_pred | "
-                  "z sigma_MAD | spread of the truth (sigma_MAD) |", "|---|---|---|---|---|---|---|"]
+                  "z sigma_MAD | spread of the truth (sigma_MAD) |",
+                  "|---|---|---|---|---|---|---|"]
         for token, f in report["never_requested"].items():
             lines.append(f"| {token} | {f['n']} | {f['sigma_mad']:.4f} | {f['bias']:+.4f} | "
                          f"{f['median_error']:.4f} | {f['z_sigma_mad']:.3f} | "
