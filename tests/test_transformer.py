@@ -14,7 +14,7 @@ from conftest import run, synthetic_sampled
 from xptools import models
 from xptools.io import read_table, write_table
 from xptools.models.transformer import (Hyperparameters, TransformerModel, combine,
-                                        loss_eq11)
+                                        loss_eq11, row_seeds)
 
 TINY = {"model": "transformer", "labels": ["teff", "logg"],
         "hyperparameters": {"d": 16, "heads": 2, "width": 32, "encoder_blocks": 1,
@@ -117,6 +117,13 @@ def test_rows_beyond_the_context_are_answered_from_draws():
     assert np.allclose(one[1][:3], many[1][:3], rtol=1e-5)
     assert not np.allclose(one[0][3:], many[0][3:])
     assert np.isfinite(many[0]).all() and (many[1] > 0).all()
+    # a row's subsets come from its own seed: not from its place among the rows
+    seeds = row_seeds(values)
+    order = np.array([5, 2, 4, 0, 3, 1])
+    moved = model.answer(values[order], given[order], np.array([64]), draws=6,
+                         seeds=seeds[order], batch=2)
+    assert np.allclose(moved[0], many[0][order], atol=1e-6)
+    assert np.allclose(moved[1], many[1][order], rtol=1e-5)
 
 
 def test_training_draws_inputs_and_targets_as_the_paper():
@@ -135,13 +142,21 @@ def test_training_draws_inputs_and_targets_as_the_paper():
     never = [model.vocabulary.index[n] for n in model.hyper.never_requested]
     assert not np.isin(requests[valid].numpy(), never).any()
     assert observed.gather(1, requests)[valid].all()
-    labels = torch.arange(n_types - 2, n_types)
-    for row in range(50):
-        asked = requests[row][valid[row]].tolist()
-        for t in labels.tolist():   # an observed label not given is always requested
-            if observed[row, t] and not given[row, t]:
-                assert t in asked
-        assert not any(given[row, t] for t in asked[:2]) or given[row][observed[row]].all()
+    # ranks: an observed label not given 0, another type not given 1, a given type 2; the
+    # requests of a row come in rank order, and none is passed over for a higher rank
+    is_label = torch.zeros(n_types, dtype=torch.bool)
+    is_label[-2:] = True
+    rank = torch.where(given, 2, torch.where(is_label[None], 0, 1))
+    allowed = observed.clone()
+    allowed[:, never] = False
+    for row in range(len(observed)):
+        asked = requests[row][valid[row]]
+        r = rank[row, asked]
+        assert (r[1:] >= r[:-1]).all()
+        left = allowed[row].clone()
+        left[asked] = False
+        if left.any() and len(asked):
+            assert rank[row, left].min() >= r.max()
 
 
 def test_model_directory_and_card(model, data, tmp_path):
@@ -176,12 +191,18 @@ def test_infer_labels_and_requests(model, data, tmp_path):
                                                                              "q84"))]
     assert added == ["t_logg", "t_j_g", "t_teff", "t_infer_flag"]
     assert t.info["t_j_g"].unit == "mag"
-    # the labels themselves given: the table's own labels come back (a different answer)
+    # a label from another label; infer_flag says what was given: no XP (1), no photometry (4)
     r = run("infer", data / "valid.fits", "--model", model, "--request", "logg", "--given",
-            "teff,logg", "--prefix", "u", "-o", tmp_path / "u.fits", "-q")
+            "teff", "--prefix", "u", "-o", tmp_path / "u.fits", "-q")
     assert r.returncode == 0, r.stderr.decode()
     u = read_table(str(tmp_path / "u.fits"))
-    assert not np.allclose(u["u_logg"], t["t_logg"])
+    assert np.isfinite(u["u_logg"]).all() and (np.asarray(u["u_infer_flag"]) & 5 == 5).all()
+    # --hide takes a token out of --given; a never-requested colour is asked from the rest
+    loaded = models.load(str(model))
+    observed = np.ones((1, len(loaded.vocabulary)), bool)
+    j = loaded.vocabulary.index["j_g"]
+    assert not loaded.given_mask(observed, np.array([j]), "xp,phot", "j_g")[0, j]
+    assert loaded.given_mask(observed, np.array([j]), "xp,phot", None)[0, j]
     r = run("infer", data / "valid.fits", "--model", model, "--hide", "xp,phot,labels",
             "--prefix", "h", "-o", tmp_path / "h.fits", "-q")
     assert r.returncode == 0
@@ -208,9 +229,20 @@ def test_token_option_errors(model, data, tmp_path):
     assert r.returncode == 1 and "NAME one of teff, logg" in r.stderr.decode()
     r = run("generate", "--model", model, "--extinction-curve", "-o", tmp_path / "o.ecsv")
     assert r.returncode == 1 and "needs a forward model" in r.stderr.decode()
-    r = run("infer", data / "valid.fits", "--model", "msa-apogee", "--request", "teff",
-            "-o", tmp_path / "o.fits")
-    assert r.returncode == 1 and "are for transformer models" in r.stderr.decode()
+    for option in (("--request", "teff"), ("--draws", "3")):
+        r = run("infer", data / "valid.fits", "--model", "msa-apogee", *option,
+                "-o", tmp_path / "o.fits")
+        assert r.returncode == 1 and "are for transformer models" in r.stderr.decode()
+    recipe = {**TINY, "features": {"xp": "coefficients"}}
+    (tmp_path / "bad.json").write_text(json.dumps(recipe))
+    r = run("train", data / "valid.fits", "--recipe", tmp_path / "bad.json", "-o",
+            tmp_path / "m")
+    assert r.returncode == 1 and "sampled, linear flux / G flux" in r.stderr.decode()
+    recipe = {**TINY, "hyperparameters": {**TINY["hyperparameters"], "heads": 3}}
+    (tmp_path / "bad.json").write_text(json.dumps(recipe))
+    r = run("train", data / "valid.fits", "--recipe", tmp_path / "bad.json", "-o",
+            tmp_path / "m")
+    assert r.returncode == 1 and "multiple of heads" in r.stderr.decode()
 
 
 def test_generate_from_labels_grid_and_inpaint(model, data, tmp_path):
@@ -264,6 +296,22 @@ def test_bad_rows_give_nan_and_a_flag(model, data, tmp_path):
     assert r.returncode == 0 and "1 of 4 rows had no token to give" in r.stderr.decode()
     g = read_table(str(tmp_path / "g.fits"))
     assert np.isnan(g["flux"][0]).all() and g["generate_flag"][0] & 64
+    # inpainting a row without a G (none in the table, none from a spectrum without BP): its
+    # labels are given, its spectrum (and colours) not: G normalises them
+    flux[1, :150] = np.nan
+    valid.columns["flux"] = flux
+    g_mag = np.asarray(valid["phot_g_mean_mag"]).copy()
+    g_mag[1] = np.nan
+    valid.columns["phot_g_mean_mag"] = g_mag
+    write_table(valid, str(tmp_path / "bad2.fits"))
+    r = run("generate", "--inpaint", tmp_path / "bad2.fits", "--model", model, "--given",
+            "rp,labels", "--request", "bp", "-o", tmp_path / "i.fits")
+    assert r.returncode == 0, r.stderr.decode()
+    assert "1 of 4 rows had no G" in r.stderr.decode()
+    assert "1 of 4 rows had no token to give" in r.stderr.decode()
+    i = read_table(str(tmp_path / "i.fits"))
+    assert np.isnan(i["flux"][:2]).all() and (np.asarray(i["generate_flag"][:2]) & 64).all()
+    assert np.isfinite(i["flux"][2:]).all()
 
 
 @pytest.mark.skipif(not os.path.isdir(SHIPPED), reason="transformer-apogee not shipped")

@@ -95,10 +95,10 @@ def token_options(what: str) -> dict:
                               "the requested ones)."),
         "hide": typer.Option(None, "--hide", metavar="SPEC", help="Transformer models: tokens "
                              "not to give (same SPEC)."),
-        "draws": typer.Option(8, "--draws", min=1, help="Transformer models: a row with more "
-                              "tokens than the context is answered from N random subsets "
-                              "(mean of the means; variance: mean variance + variance of the "
-                              "means)."),
+        "draws": typer.Option(None, "--draws", min=1, help="Transformer models: a row with "
+                              "more tokens than the context is answered from N random subsets "
+                              "(default 8; mean of the means; variance: mean variance + "
+                              "variance of the means)."),
     }
 
 
@@ -410,7 +410,7 @@ def infer(
     request: Optional[str] = INFER_TOKENS["request"],
     given: Optional[str] = INFER_TOKENS["given"],
     hide: Optional[str] = INFER_TOKENS["hide"],
-    draws: int = INFER_TOKENS["draws"],
+    draws: Optional[int] = INFER_TOKENS["draws"],
     chunk_rows: int = CHUNK_ROWS,
     workers: Optional[int] = WORKERS,
     scheduler: Optional[str] = SCHEDULER,
@@ -596,9 +596,10 @@ def generate(
                                     "START:STOP:STEP, e.g. '-2:2:0.5,0,0,0,0,0'."),
     reconstruct: bool = typer.Option(False, "--reconstruct", help="Encode and decode the "
                                      "spectra of IN; add z, chi2 and outlier_percentile."),
-    grid: Optional[str] = typer.Option(None, "--grid", help="Forward models: a grid of labels "
-                                       "instead of a table, NAME=VALUE or NAME=START:STOP:STEP, "
-                                       "e.g. 'teff=4000:7000:250,logg=4.6,fe_h=0,ext=0:1:0.25'."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="Forward and transformer models: a "
+                                       "grid of labels instead of a table, NAME=VALUE or "
+                                       "NAME=START:STOP:STEP, e.g. "
+                                       "'teff=4000:7000:250,logg=4.6,fe_h=0,ext=0:1:0.25'."),
     extinction_curve: bool = typer.Option(False, "--extinction-curve", help="Forward models: "
                                           "write the learned extinction curve R(lambda), "
                                           "normalised and beside CCM R_V=3.1."),
@@ -610,7 +611,7 @@ def generate(
     request: Optional[str] = GENERATE_TOKENS["request"],
     given: Optional[str] = GENERATE_TOKENS["given"],
     hide: Optional[str] = GENERATE_TOKENS["hide"],
-    draws: int = GENERATE_TOKENS["draws"],
+    draws: Optional[int] = GENERATE_TOKENS["draws"],
     prefix: Optional[str] = prefix_option("other than flux and flux_scatter"),
     chunk_rows: int = CHUNK_ROWS,
     workers: Optional[int] = WORKERS,
@@ -652,6 +653,9 @@ def generate(
         if loaded.kind not in ("forward", "transformer"):
             raise UserError(f"--grid needs a forward or transformer model, not {loaded.kind} "
                             f"(give --model DIR)")
+        if loaded.kind == "forward" and any(v is not None for v in tokens.values()):
+            raise UserError("--request, --given, --hide and --draws are for transformer "
+                            "models")
         rows = label_grid(grid, loaded) if grid is not None else None
         with TableWriter(output, format, overwrite, write_behind=True) as out:
             if extinction_curve:
@@ -691,6 +695,10 @@ def generate(
     if counts.get("nothing_given") and not quiet:   # a transformer model's rows
         print_warning(f"{counts['nothing_given']} of {counts['rows']} rows had no token to "
                       f"give: NaN output, see generate_flag")
+    if counts.get("no_g") and not quiet:   # --inpaint
+        print_warning(f"{counts['no_g']} of {counts['rows']} rows had no G (phot_g_mean_mag, "
+                      f"or from the spectrum) to scale the prediction by: NaN output, see "
+                      f"generate_flag")
     if counts.get("no_labels") and not quiet:   # a forward model's rows
         print_warning(f"{counts['no_labels']} of {counts['rows']} rows had a missing label, "
                       f"ext or parallax: NaN output, see generate_flag")

@@ -43,8 +43,8 @@ _LATENT = {**_XP,
 
 BITS = {
     "infer": {
-        FLAG_NO_XP: "no usable XP spectrum (missing, or its flux not positive as a whole): "
-                    "labels from photometry alone",
+        FLAG_NO_XP: "no usable XP spectrum (missing, or its flux not positive as a whole; "
+                    "transformer models: none given): labels from the other inputs",
         FLAG_PARTIAL_XP: _XP[FLAG_PARTIAL_XP],
         FLAG_NO_PHOTOMETRY: "no photometry",
         FLAG_PARTIAL_PHOTOMETRY: "some photometry missing",
@@ -69,7 +69,9 @@ BITS = {
     "embed": _LATENT,
     "generate": {**_LATENT,
                  FLAG_UNUSABLE: "no finite z, or (--reconstruct) the spectrum is missing or "
-                                "incomplete: the outputs are NaN",
+                                "incomplete, or (transformer models) no token to give, or "
+                                "(--inpaint) no G to scale the prediction by: the outputs "
+                                "are NaN",
                  FLAG_NO_ERRORS: "(--reconstruct) flux errors missing, NaN or not positive: "
                                  "chi2 and outlier_percentile are NaN"},
 }

@@ -143,7 +143,7 @@ def run_generate(src: InputTable | None, out: TableWriter, model, *, grid: np.nd
 
 def prepare(model: str | None = None, reconstruct: bool = False, z_column: str = "z",
             prefix: str | None = None, chunk_rows: int = 20_000, request: str | None = None,
-            given: str | None = None, hide: str | None = None, draws: int = 8,
+            given: str | None = None, hide: str | None = None, draws: int | None = None,
             inpaint: bool = False):
     """`xptools generate` over a table (of latents, or of spectra with ``reconstruct``; of
     labels for a forward model; of any tokens for a transformer model, which ``request``,
@@ -162,8 +162,9 @@ def prepare(model: str | None = None, reconstruct: bool = False, z_column: str =
                                    chunk_rows=chunk_rows, quiet=quiet)
         run.models = [models.identity(loaded)]
         return run
-    if request or given or hide or inpaint:
-        raise UserError("--request, --given, --hide and --inpaint are for transformer models")
+    if request or given or hide or draws is not None or inpaint:
+        raise UserError("--request, --given, --hide, --draws and --inpaint are for transformer "
+                        "models")
     if model is not None and models.read_config(model)["kind"] == "forward":
         if reconstruct:
             raise UserError("--reconstruct is for svae models; a forward model fits spectra "
@@ -393,15 +394,19 @@ def transformer_requests(model, request: str | None, inpaint: bool):
 
 def run_transformer(src: InputTable | None, out: TableWriter, model, *,
                     grid: Table | None = None, request: str | None = None,
-                    given: str | None = None, hide: str | None = None, draws: int = 8,
-                    inpaint: bool = False, prefix: str | None = None,
+                    given: str | None = None, hide: str | None = None,
+                    draws: int | None = None, inpaint: bool = False, prefix: str | None = None,
                     chunk_rows: int = 20_000, quiet: bool = False) -> dict:
     """Spectra a transformer model answers for each row (`TransformerModel.spectra`): flux and
     flux_scatter (sigma_pred) on the model's grid at the requested samples, from the row's
     given tokens (default: all it has but the requested ones: labels and colours of a table
-    of labels). With ``inpaint``, the row's own spectrum fills the samples not requested, and
-    flux_error holds its errors there (0 at the predicted samples, whose flux_scatter is
-    their sigma)."""
+    of labels), for the row's G (G = 0 without one). With ``inpaint``, the row's own spectrum
+    fills the samples not requested, and flux_error holds its errors there (0 at the
+    predicted samples, whose flux_scatter is their sigma); a row without a G (phot_g_mean_mag
+    or from its spectrum) is NaN and flagged, its two parts having no common scale."""
+    from xptools.models.transformer import DRAWS
+
+    draws = DRAWS if draws is None else draws
     requests = transformer_requests(model, request, inpaint)
     model.given_mask(np.zeros((0, len(model.vocabulary)), bool), requests, given, hide)
     names = models.column_names(prefix, ["generate_flag"])
@@ -418,23 +423,30 @@ def run_transformer(src: InputTable | None, out: TableWriter, model, *,
             raise UserError(f"{src.name}: no XP spectra to inpaint (a flux column, or "
                             f"coefficients)")
         chunks, total = src.chunks(chunk_rows, read_ahead=True), src.nrows
-    counts = {"rows": 0, "nothing_given": 0}
+    counts = {"rows": 0, "nothing_given": 0, "no_g": 0}
     with progress(total, "generate", quiet) as bar:
         for chunk in chunks:
-            flux, scatter, flags, _ = model.spectra(chunk, source, requests, given, hide,
-                                                    draws, advance=bar.update)
+            answer = model.spectra(chunk, source, requests, given, hide, draws,
+                                   advance=bar.update)
+            flux, scatter, flags = answer["flux"], answer["scatter"], answer["flags"]
+            nothing = (flags & FLAG_UNUSABLE) != 0
+            counts["nothing_given"] += int(np.count_nonzero(nothing))
             table = chunk.select([c for c in chunk.colnames if c not in REPLACED])
             for key in GRID_KEYWORDS:
                 table.meta.pop(key, None)
             table = stamp(table, keywords)
-            if inpaint:   # the row's own samples where none was requested
-                xp, xp_error = source(chunk)
+            if inpaint:   # the row's own samples where none was requested, on its own scale
                 kept = np.ones(flux.shape[1], bool)
                 kept[requests] = False
-                flux[:, kept] = xp[:, kept]
+                flux[:, kept] = answer["xp"][:, kept]
                 scatter[:, kept] = 0.0
                 error = np.zeros_like(flux)
-                error[:, kept] = xp_error[:, kept] if xp_error is not None else np.nan
+                own_error = answer["xp_error"]
+                error[:, kept] = own_error[:, kept] if own_error is not None else np.nan
+                no_g = ~np.isfinite(answer["g"])   # no G to put the prediction on its scale
+                flux[no_g] = scatter[no_g] = error[no_g] = np.nan
+                flags = flags | np.where(no_g, FLAG_UNUSABLE, 0)
+                counts["no_g"] += int(np.count_nonzero(no_g & ~nothing))
             what = "inpainted" if inpaint else "predicted"
             table.add_column("flux", flux.astype(np.float32), unit=UNIT,
                              description=f"{what} spectrum (transformer)")
@@ -449,5 +461,4 @@ def run_transformer(src: InputTable | None, out: TableWriter, model, *,
                              description=description("generate"))
             out.write(table)
             counts["rows"] += len(chunk)
-            counts["nothing_given"] += int(np.count_nonzero(flags & FLAG_UNUSABLE))
     return counts

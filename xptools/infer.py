@@ -41,11 +41,12 @@ def output_names(labels: list[str], prefix: str | None) -> tuple[dict[str, list[
 
 def prepare(model: str | None = None, prefix: str | None = None, chunk_rows: int = 20_000,
             covariance: bool = False, request: str | None = None, given: str | None = None,
-            hide: str | None = None, draws: int = 8):
+            hide: str | None = None, draws: int | None = None):
     """`xptools infer` as a job (`xptools.scale`): the model loaded once, then
     ``run(src, out, quiet, warn)`` per table. ``request``, ``given``, ``hide`` and ``draws``
     are a transformer model's (`TransformerModel.predict_chunk`)."""
     from xptools.errors import UserError
+    from xptools.models.transformer import DRAWS
 
     loaded = models.load(model or models.default_path("infer"))
     fits = hasattr(loaded, "fit_stars")
@@ -59,12 +60,13 @@ def prepare(model: str | None = None, prefix: str | None = None, chunk_rows: int
     if tokens:
         requests = loaded.request_types(request)
         loaded.given_mask(np.zeros((0, len(loaded.vocabulary)), bool), requests, given, hide)
+        draws = DRAWS if draws is None else draws
         if draws < 1:
             raise UserError(f"--draws {draws}: give at least 1")
         ask = {"requests": requests, "given": given, "hide": hide, "draws": draws}
-    elif request or given or hide:
-        raise UserError(f"--request, --given and --hide are for transformer models, not "
-                        f"{loaded.kind}")
+    elif request or given or hide or draws is not None:
+        raise UserError(f"--request, --given, --hide and --draws are for transformer models, "
+                        f"not {loaded.kind}")
 
     def run(src, out, quiet, warn) -> dict:
         if fits:
@@ -90,6 +92,8 @@ def run_infer(src: InputTable, out: TableWriter, model, *, prefix: str | None = 
               else XPSource(src.schema, src.name, model.features))
     keywords = models.keywords(model)
     calibration = getattr(model, "calibration", None)
+    if ask is not None and (ask["given"] or ask["hide"]):
+        calibration = None   # fitted on the default inputs' answers, not on other inputs'
     how = f"{model.kind}, calibrated" if calibration is not None else model.kind
     counts = {"rows": 0, "unusable": 0, "flagged": 0}
     with progress(src.nrows, "infer", quiet) as bar:

@@ -33,7 +33,6 @@ any request for another type with a mean and a predictive variance. Read top to 
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -43,15 +42,17 @@ from torch.nn import functional as F
 
 from xptools import models
 from xptools.errors import UserError
-from xptools.flags import FLAG_OUT_OF_RANGE, FLAG_UNUSABLE
+from xptools.flags import (FLAG_G_FROM_XP, FLAG_NO_PHOTOMETRY, FLAG_NO_XP, FLAG_OUT_OF_RANGE,
+                            FLAG_PARTIAL_PHOTOMETRY, FLAG_PARTIAL_XP, FLAG_UNUSABLE)
 from xptools.io import Table
 from xptools.metrics import label_metrics, sigma_mad
 from xptools.models.features import FeatureSpec, XPSource, float_column, monitor_split
-from xptools.xp import BAND_OVERLAP, DEFAULT_GRID
+from xptools.xp import DEFAULT_GRID
 
 # the colour tokens' names (value: magnitude - G)
 COLOUR_NAMES = {"phot_bp_mean_mag": "bp_g", "phot_rp_mean_mag": "rp_g", "j_m": "j_g",
                 "h_m": "h_g", "ks_m": "ks_g"}
+DRAWS = 8          # random subsets for a row with more tokens than the context
 BP_LIMIT = 640.0   # nm: the `bp` group is the flux below, `rp` the flux at and above
 GROUPS = ("xp", "bp", "rp", "phot", "labels")
 
@@ -211,6 +212,31 @@ def loss_eq11(mean: torch.Tensor, ln_var: torch.Tensor, y: torch.Tensor,
     return (loss * valid).sum() / valid.sum().clamp(min=1)
 
 
+def row_seeds(values: np.ndarray, chunk: Table | None = None) -> np.ndarray:
+    """A seed per row for its random subsets: its source_id when ``chunk`` has one, else a
+    hash of its token values."""
+    if chunk is not None and "source_id" in chunk:
+        return np.asarray(chunk["source_id"]).astype(np.uint64)
+    bits = np.ascontiguousarray(values, np.float32).view(np.uint32).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        weights = np.arange(bits.shape[1], dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        return (bits * weights * np.uint64(0x9E3779B97F4A7C15)).sum(1, dtype=np.uint64)
+
+
+def subset_keys(seeds: np.ndarray, draw: int, n_types: int) -> np.ndarray:
+    """Uniform keys in [0, 1) (rows, n_types) from each row's seed and the draw number
+    (splitmix64): the tokens with the lowest keys make the draw's subset."""
+    with np.errstate(over="ignore"):
+        x = (seeds.astype(np.uint64)[:, None] * np.uint64(0x9E3779B97F4A7C15)
+             + np.uint64(draw * 1_000_003 + 1) * np.arange(1, n_types + 1, dtype=np.uint64))
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return ((x >> np.uint64(11)).astype(np.float64) / 2.0 ** 53).astype(np.float32)
+
+
 def combine(means: torch.Tensor, variances: torch.Tensor):
     """Answers from several random subsets of a row's tokens (draws on the first axis) as
     one: the mean of the means; the mean of the variances plus the variance of the means."""
@@ -252,6 +278,14 @@ class TransformerModel:
         self.features = features or FeatureSpec(wavelengths=DEFAULT_GRID[::6].tolist(),
                                                 transform="linear")
         self.hyper = hyper or Hyperparameters()
+        if self.features.xp != "sampled" or self.features.transform != "linear":
+            raise ValueError("a transformer's flux tokens are sampled, linear flux / G flux "
+                             "(features xp 'sampled', transform 'linear')")
+        h = self.hyper
+        if h.d % h.heads or not 1 <= h.min_inputs <= h.context or h.requests < 1:
+            raise ValueError(f"d ({h.d}) must be a multiple of heads ({h.heads}), 1 <= "
+                             f"min_inputs ({h.min_inputs}) <= context ({h.context}), "
+                             f"requests ({h.requests}) >= 1")
         self.vocabulary = Vocabulary(self.features, self.labels)
         unknown = [n for n in self.hyper.never_requested if n not in self.vocabulary.index]
         if unknown:
@@ -332,18 +366,19 @@ class TransformerModel:
     # -- training -------------------------------------------------------------------------
 
     @staticmethod
-    def _draw(observed: torch.Tensor, context: int, low: int, exclude: torch.Tensor | None
-              = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _draw(observed: torch.Tensor, context: int,
+              low: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row, a random subset of its observed types in random order (torch's global
-        RNG): indices (B, context) and padding (B, context); between ``low`` and ``context``
-        tokens when ``low`` is given, else as many as fit."""
+        RNG): indices (B, context) and padding (B, context); a uniform count between ``low``
+        and ``context`` (fewer when fewer are observed) when ``low`` is given, else as many
+        as fit."""
         keys = torch.rand(observed.shape).masked_fill(~observed, 2.0)
         order = keys.argsort(dim=1)[:, :context]
         available = observed.sum(1).clamp(max=context)
         if low:
-            top = available.clamp(min=1)
-            count = (low + (torch.rand(len(top)) * (top - low + 1).clamp(min=1))
-                     .floor().long()).clamp(max=top)
+            span = (available - low + 1).clamp(min=1)
+            count = torch.minimum(low + (torch.rand(len(available)) * span).floor().long(),
+                                  available)
         else:
             count = available
         padding = torch.arange(order.shape[1])[None] >= count[:, None]
@@ -438,44 +473,54 @@ class TransformerModel:
     # -- 7. answering ---------------------------------------------------------------------
 
     def answer(self, values: np.ndarray, given: np.ndarray, requests: np.ndarray,
-               draws: int = 8, seed: int = 0, batch: int = 4096, advance=None):
+               draws: int = DRAWS, seeds: np.ndarray | None = None, batch: int = 4096,
+               advance=None):
         """Means and sigmas (n, K) in scaled units for the ``requests`` (K types) of each row
         from its ``given`` tokens (n, types; values scaled). A row with more given tokens
-        than the context is answered ``draws`` times from random subsets of ``context``:
-        mean of the means, variance = mean of the variances + variance of the means. Rows
-        with nothing given get NaN."""
+        than the context is answered ``draws`` times from random subsets of ``context``
+        tokens, drawn from the row's own ``seeds`` (`row_seeds`), so that its answer does not
+        depend on the rows around it: mean of the means, variance = mean of the variances +
+        variance of the means. Rows with nothing given get NaN."""
         h = self.hyper
         n, k = len(values), len(requests)
         mean = np.full((n, k), np.nan, np.float32)
         sigma = np.full((n, k), np.nan, np.float32)
-        generator = torch.Generator().manual_seed(seed)
+        seeds = row_seeds(values) if seeds is None else seeds
         request = torch.as_tensor(np.asarray(requests), dtype=torch.long)
-        count = given.sum(1)
+        inside = given.sum(1) <= h.context
         with torch.inference_mode():
             for s in range(0, n, batch):
-                rows = slice(s, s + batch)
-                v = torch.from_numpy(np.ascontiguousarray(values[rows], np.float32))
-                g = torch.from_numpy(np.ascontiguousarray(given[rows]))
-                over = bool((count[rows] > h.context).any())
-                means, variances = [], []
-                for _ in range(draws if over else 1):
-                    keys = (torch.rand(g.shape, generator=generator) if over
-                            else torch.zeros(g.shape)).masked_fill(~g, 2.0)
-                    order = keys.argsort(dim=1, stable=True)[:, :h.context]
-                    width = int(g.sum(1).clamp(max=h.context).max()) if len(g) else 0
-                    order = order[:, :max(width, 1)]
-                    padding = ~g.gather(1, order)
-                    m, ln_var = self.network(order, v.gather(1, order), padding,
-                                             request[None].expand(len(v), -1))
-                    means.append(m)
-                    variances.append(ln_var.exp())
-                m, var = combine(torch.stack(means), torch.stack(variances))
-                ok = g.any(1).numpy()
-                mean[rows] = np.where(ok[:, None], m.numpy(), np.nan)
-                sigma[rows] = np.where(ok[:, None], var.sqrt().numpy(), np.nan)
+                rows = np.arange(s, min(s + batch, n))
+                for fits in (True, False):
+                    part = rows[inside[rows] == fits]
+                    if not len(part):
+                        continue
+                    v = torch.from_numpy(np.ascontiguousarray(values[part], np.float32))
+                    g = torch.from_numpy(np.ascontiguousarray(given[part]))
+                    answers = [self._pass(v, g, torch.zeros(g.shape) if fits else
+                                          torch.from_numpy(subset_keys(seeds[part], draw,
+                                                                       g.shape[1])),
+                                          request)
+                               for draw in range(1 if fits else draws)]
+                    m, var = combine(torch.stack([a[0] for a in answers]),
+                                     torch.stack([a[1] for a in answers]))
+                    ok = g.any(1).numpy()[:, None]
+                    mean[part] = np.where(ok, m.numpy(), np.nan)
+                    sigma[part] = np.where(ok, var.sqrt().numpy(), np.nan)
                 if advance is not None:
-                    advance(len(v))
+                    advance(len(rows))
         return mean, sigma
+
+    def _pass(self, v: torch.Tensor, g: torch.Tensor, keys: torch.Tensor,
+              request: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass of the network: the given tokens of each row with the lowest ``keys`` (at
+        most the context) -> mean and variance of each request."""
+        order = keys.masked_fill(~g, 2.0).argsort(dim=1, stable=True)[:, :self.hyper.context]
+        width = int(g.sum(1).clamp(max=self.hyper.context).max())
+        order = order[:, :max(width, 1)]
+        m, ln_var = self.network(order, v.gather(1, order), ~g.gather(1, order),
+                                 request[None].expand(len(v), -1))
+        return m, ln_var.exp()
 
     def given_mask(self, observed: np.ndarray, requests: np.ndarray, given: str | None,
                    hide: str | None) -> np.ndarray:
@@ -501,18 +546,33 @@ class TransformerModel:
             return np.full((len(chunk), len(self.vocabulary.flux)), np.nan), None
         return source(chunk)
 
+    def given_flags(self, flags: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """infer_flag's input bits for what each row gives (``mask``): no or partial XP, no
+        or partial photometry, and FLAG_UNUSABLE where nothing is given; the G and flux
+        excess bits of ``flags`` (`FeatureSpec.raw`) kept."""
+        out = flags & ~(FLAG_NO_XP | FLAG_PARTIAL_XP | FLAG_NO_PHOTOMETRY
+                        | FLAG_PARTIAL_PHOTOMETRY)
+        for group, none, partial in (("xp", FLAG_NO_XP, FLAG_PARTIAL_XP),
+                                     ("phot", FLAG_NO_PHOTOMETRY, FLAG_PARTIAL_PHOTOMETRY)):
+            types = self.vocabulary.groups[group]
+            count = mask[:, types].sum(1)
+            out |= np.where(count == 0, none, 0) | np.where(
+                (count > 0) & (count < len(types)), partial, 0)
+        return out | np.where(mask.any(1), 0, FLAG_UNUSABLE)
+
     def predict_chunk(self, chunk: Table, source: XPSource | None, requests: np.ndarray,
-                      given: str | None = None, hide: str | None = None, draws: int = 8,
+                      given: str | None = None, hide: str | None = None, draws: int = DRAWS,
                       advance=None) -> dict:
         """Per requested type: value, error, q16, q84 (value -+ error), in its units, and
-        infer_flag bits: the input's, FLAG_UNUSABLE where nothing is given, FLAG_OUT_OF_RANGE
+        infer_flag: the bits of what the row gives (`given_flags`), and FLAG_OUT_OF_RANGE
         where a label is outside the training labels' 0.5..99.5 percentiles."""
         values, _, observed, flags = self.tokens(chunk, *self.xp(chunk, source))
         mask = self.given_mask(observed, requests, given, hide)
-        mean, sigma = self.answer(values, mask, requests, draws, advance=advance)
+        mean, sigma = self.answer(values, mask, requests, draws, row_seeds(values, chunk),
+                                  advance=advance)
         mean, sigma = self.to_values(mean, sigma, requests)
         usable = mask.any(1)
-        flags = flags | np.where(usable, 0, FLAG_UNUSABLE)
+        flags = self.given_flags(flags, mask)
         out = {}
         for j, t in enumerate(requests):
             name = self.vocabulary.names[t]
@@ -526,17 +586,19 @@ class TransformerModel:
         return out
 
     def spectra(self, chunk: Table, source: XPSource | None, requests: np.ndarray,
-                given: str | None, hide: str | None = None, draws: int = 8,
-                advance=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Flux and flux_scatter (n, samples) in W m-2 nm-1 on the model grid: the requested
-        flux types predicted (NaN elsewhere) from the given tokens of each row, scaled by the
-        row's G (its phot_g_mean_mag, else G from its XP spectrum, else 0); the input flags
-        with FLAG_UNUSABLE where nothing is given; and which rows gave anything."""
+                given: str | None, hide: str | None = None, draws: int = DRAWS,
+                advance=None) -> dict[str, np.ndarray]:
+        """``flux`` and ``scatter`` (n, samples) in W m-2 nm-1 on the model grid: the
+        requested flux types predicted (NaN elsewhere) from the given tokens of each row,
+        scaled by the row's ``g`` (its phot_g_mean_mag, else G from its XP spectrum; NaN
+        without either, and the flux then that of G = 0); ``flags``: FLAG_G_FROM_XP, and
+        FLAG_UNUSABLE where nothing is given; the row's own ``xp``, ``xp_error`` (`xp`)."""
         n, n_flux = len(chunk), len(self.vocabulary.flux)
         xp, xp_error = self.xp(chunk, source)
         values, _, observed, flags = self.tokens(chunk, xp, xp_error)
         mask = self.given_mask(observed, requests, given, hide)
-        mean, sigma = self.answer(values, mask, requests, draws, advance=advance)
+        mean, sigma = self.answer(values, mask, requests, draws, row_seeds(values, chunk),
+                                  advance=advance)
         mean, sigma = self.to_values(mean, sigma, requests)
         g, _ = self.features.g_magnitude(chunk, xp)
         to_flux = 10.0 ** (-0.4 * np.where(np.isfinite(g), g, 0.0))[:, None]
@@ -544,8 +606,9 @@ class TransformerModel:
         scatter = np.full((n, n_flux), np.nan)
         flux[:, requests] = mean * to_flux
         scatter[:, requests] = sigma * to_flux
-        flags = flags | np.where(mask.any(1), 0, FLAG_UNUSABLE)
-        return flux, scatter, flags, mask.any(1)
+        flags = (flags & FLAG_G_FROM_XP) | np.where(mask.any(1), 0, FLAG_UNUSABLE)
+        return {"flux": flux, "scatter": scatter, "flags": flags, "xp": xp,
+                "xp_error": xp_error, "g": g}
 
     # -- validation -----------------------------------------------------------------------
 
@@ -595,7 +658,7 @@ class TransformerModel:
         report["never_requested"] = {}
         for token in self.hyper.never_requested:
             t = voc.index[token]
-            mask = self.given_mask(observed, np.array([t]), "xp,phot", None)
+            mask = self.given_mask(observed, np.array([t]), "xp,phot", token)
             m, s = self.answer(values, mask, np.array([t]))
             m, s = self.to_values(m, s, np.array([t]))
             true = np.where(observed[:, t], self.to_values(values[:, [t]], errors[:, [t]],
