@@ -146,13 +146,14 @@ def figures(model, report, out):
         for name, value in (("teff", teff), ("logg", np.full_like(teff, logg)),
                             ("fe_h", np.zeros_like(teff)), ("alpha_m", np.zeros_like(teff))):
             grid.add_column(name, value)
-        flux, scatter, _, _ = model.spectra(grid, None, requests, None)
+        answer = model.spectra(grid, None, requests, None)
+        flux, scatter = answer["flux"], answer["scatter"]
         colours = plt.cm.coolwarm_r(np.linspace(0, 1, len(teff)))
         for f, s, t, c in zip(flux, scatter, teff, colours):
             norm = np.nanmean(f)
             ax.plot(w, f / norm, color=c, label=f"{t:.0f} K")
             ax.fill_between(w, (f - s) / norm, (f + s) / norm, color=c, alpha=0.25, lw=0)
-        ax.set_title(f"{what}: log g {logg}, [Fe/H] 0, [alpha/M] 0 (labels alone)")
+        ax.set_title(f"{what}: log g {logg}, [Fe/H] 0, [alpha/M] 0", fontsize=9)
         ax.set_xlabel("wavelength (nm)")
         ax.legend(frameon=False, fontsize=7)
     axes[0].set_ylabel("flux / mean flux (band: sigma_pred)")
@@ -169,7 +170,7 @@ def figures(model, report, out):
     bottom.set_ylabel("sigma_MAD of the pulls")
     bottom.set_xlabel("wavelength (nm)")
     top.legend(frameon=False, fontsize=8)
-    top.set_title("(prediction - observed) / sqrt(error^2 + sigma_pred^2), validation stars")
+    top.set_title("pulls (prediction - observed) / sqrt(error^2 + sigma_pred^2)", fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "transformer_pulls.png"))
     print(f"   figures: {out}/transformer_teff.png, {out}/transformer_pulls.png")

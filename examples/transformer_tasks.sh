@@ -28,9 +28,9 @@ for label in ("teff", "logg", "fe_h", "alpha_m"):
     print(f"{label}: sigma_MAD {sigma_mad(d[ok]):.3g} against APOGEE, median sigma "
           f"{np.median(t[label + '_error'][ok]):.3g}")
 g = read_table("logg.csv")
-for row in g:
-    print(f"Teff {row['teff']:.0f} K, [Fe/H] {row['fe_h']:+.1f}: log g {row['logg']:.2f} "
-          f"+- {row['logg_error']:.2f} (a giant or a dwarf: wide)")
+for i in range(len(g)):
+    print(f"Teff {g['teff'][i]:.0f} K, [Fe/H] {g['fe_h'][i]:+.1f}: log g {g['logg'][i]:.2f} "
+          f"+- {g['logg_error'][i]:.2f} (a giant or a dwarf: wide)")
 s = read_table("sequence.fits")
 print(f"{len(s)} spectra on {s.meta['WAVEMIN']:g}..{s.meta['WAVEMAX']:g} nm every "
       f"{s.meta['WAVESTEP']:g} nm (a star of G = 0)")
