@@ -276,7 +276,7 @@ def test_grid_and_extinction_curve(trained, tmp_path):
     r = run("generate", "--model", path, "--grid", "teff=5000,logg=4", "-o", tmp_path / "x.fits")
     assert r.returncode != 0 and b"give fe_h" in r.stderr
     r = run("generate", "--grid", "teff=5000,logg=4,fe_h=0", "-o", tmp_path / "y.fits")
-    assert r.returncode != 0 and b"need a forward model" in r.stderr
+    assert r.returncode != 0 and b"--grid needs a forward or transformer model" in r.stderr
 
 
 def test_bad_input_gives_nan_and_flags(trained, tmp_path):
