@@ -38,5 +38,5 @@ i = read_table("inpainted.fits")
 bp = np.arange(336.0, 1021.0, 12.0) < 640
 observed = read_table("data/apogee_xp_200.fits")["flux"][:, ::6]
 r = np.abs(i["flux"][:, bp] / observed[:, bp] - 1)
-print(f"BP from RP: median |relative residual| {np.nanmedian(r[:, 6:]):.3f} at 408..628 nm")
+print(f"BP from RP: median |relative residual| {np.nanmedian(r[:, 6:]):.3f} at 408..636 nm")
 PY
