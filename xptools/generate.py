@@ -84,13 +84,15 @@ def _spectra(model, chunk: Table, z: np.ndarray, g: np.ndarray | None = None):
     return flux, scatter
 
 
-def _layout(model, chunk: Table, keywords: dict, replaced: tuple[str, ...] = ()) -> Table:
+def _layout(wavelengths, chunk: Table, keywords: dict,
+            replaced: tuple[str, ...] = ()) -> Table:
     """The chunk without its sampled spectra (and the ``replaced`` columns), stamped with the
-    model grid's keywords."""
+    keywords of the model's grid ``wavelengths``."""
     table = chunk.select([c for c in chunk.colnames if c not in REPLACED + replaced])
     for key in GRID_KEYWORDS:
         table.meta.pop(key, None)
-    return stamp(table, {"XPKIND": "sampled", **grid_keywords(model.wavelengths), **keywords})
+    return stamp(table, {"XPKIND": "sampled", **grid_keywords(np.asarray(wavelengths)),
+                         **keywords})
 
 
 def _add_spectra(table: Table, flux: np.ndarray, scatter: np.ndarray, what: str) -> None:
@@ -130,7 +132,7 @@ def run_generate(src: InputTable | None, out: TableWriter, model, *, grid: np.nd
             z = np.asarray(chunk[z_column if src is not None else "z"], np.float32)
             flux, scatter = _spectra(model, chunk, z)
             flags = np.where(np.isfinite(z).all(axis=1), 0, FLAG_UNUSABLE)
-            table = _layout(model, chunk, keywords)
+            table = _layout(model.wavelengths, chunk, keywords)
             _add_spectra(table, flux, scatter, "decoded")
             table.add_column(names["generate_flag"], flags.astype(np.int16),
                              description=description("generate"))
@@ -209,7 +211,7 @@ def run_reconstruct(src: InputTable, out: TableWriter, model, *, prefix: str | N
             z, z_error, flags = rec["z"], rec["z_error"], rec["flags"]
             chi2, percentile = rec["chi2"], rec["outlier_percentile"]
             flux, scatter = _spectra(model, chunk, z, rec["g"])
-            table = _layout(model, chunk, keywords, replaced=encoded)
+            table = _layout(model.wavelengths, chunk, keywords, replaced=encoded)
             _add_spectra(table, flux, scatter, "reconstructed")
             table.add_column(names["z"], z, description="latent coordinates (encoder mean)")
             table.add_column(names["z_error"], z_error, description="latent standard "
@@ -410,8 +412,7 @@ def run_transformer(src: InputTable | None, out: TableWriter, model, *,
     requests = transformer_requests(model, request, inpaint)
     model.given_mask(np.zeros((0, len(model.vocabulary)), bool), requests, given, hide)
     names = models.column_names(prefix, ["generate_flag"])
-    keywords = {**models.keywords(model), "XPKIND": "sampled",
-                **grid_keywords(np.asarray(model.features.wavelengths))}
+    keywords = models.keywords(model)
     source = None
     if src is None:
         chunks, total = [grid], len(grid)
@@ -431,10 +432,7 @@ def run_transformer(src: InputTable | None, out: TableWriter, model, *,
             flux, scatter, flags = answer["flux"], answer["scatter"], answer["flags"]
             nothing = (flags & FLAG_UNUSABLE) != 0
             counts["nothing_given"] += int(np.count_nonzero(nothing))
-            table = chunk.select([c for c in chunk.colnames if c not in REPLACED])
-            for key in GRID_KEYWORDS:
-                table.meta.pop(key, None)
-            table = stamp(table, keywords)
+            table = _layout(model.features.wavelengths, chunk, keywords)
             if inpaint:   # the row's own samples where none was requested, on its own scale
                 kept = np.ones(flux.shape[1], bool)
                 kept[requests] = False
